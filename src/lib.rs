@@ -1,0 +1,10 @@
+//! Herald: a durable notification gateway.
+//!
+//! Requests are stored in an embedded sled outbox ([`store`]) before the API
+//! ([`api`]) acknowledges them; the dispatcher ([`dispatch`]) delivers them to
+//! the provider under a rate limit with retries. [`app`] wires the pieces
+//! together and owns the shutdown path; [`simulator`] is a local stand-in for
+//! the provider.
+
+pub mod domain;
+pub mod store;

@@ -1,0 +1,79 @@
+//! On-disk encoding: one version byte, then the record in postcard.
+//!
+//! The version byte lets a future release read old records and upgrade them
+//! (see `migrations-notes/`). bincode is deliberately not used: its last
+//! release does not compile and the crate is unmaintained.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The record format this build writes. Bump it together with a note in `migrations-notes/`.
+pub const FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("empty record")]
+    Empty,
+    #[error("record has format version {found}, this build reads version {FORMAT_VERSION}")]
+    UnsupportedVersion { found: u8 },
+    #[error("malformed record: {0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+/// Encodes `value` as `[FORMAT_VERSION, postcard bytes...]`.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut bytes = vec![FORMAT_VERSION];
+    postcard::to_io(value, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Decodes bytes written by [`encode`], refusing any version it does not know.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    match version {
+        FORMAT_VERSION => Ok(postcard::from_bytes(body)?),
+        found => Err(CodecError::UnsupportedVersion { found }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, Notification, Priority};
+
+    fn sample() -> Notification {
+        Notification {
+            to: "user@example.com".into(),
+            message: "héllo".into(),
+            channel: Channel::Sms,
+            priority: Priority::High,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_a_leading_version_byte() {
+        let bytes = encode(&sample()).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<Notification>(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn refuses_unknown_versions() {
+        let mut bytes = encode(&sample()).unwrap();
+        bytes[0] = FORMAT_VERSION + 1;
+        assert!(matches!(
+            decode::<Notification>(&bytes),
+            Err(CodecError::UnsupportedVersion { found }) if found == FORMAT_VERSION + 1
+        ));
+    }
+
+    #[test]
+    fn refuses_empty_and_truncated_records() {
+        assert!(matches!(decode::<Notification>(&[]), Err(CodecError::Empty)));
+        let bytes = encode(&sample()).unwrap();
+        assert!(matches!(
+            decode::<Notification>(&bytes[..bytes.len() - 3]),
+            Err(CodecError::Postcard(_))
+        ));
+    }
+}

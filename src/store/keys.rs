@@ -1,0 +1,116 @@
+//! Byte layouts of the keys whose order matters.
+//!
+//! sled orders keys bytewise, so every number is big-endian:
+//! - outbox: `[priority rank][due ms: u64][request id: 16 bytes]`, so a range scan
+//!   per priority yields the earliest-due entry first, oldest id breaking ties;
+//! - events: `[request id: 16 bytes][sequence: u32]`, so one prefix scan yields a
+//!   request's history in order.
+
+use crate::domain::{Priority, RequestId};
+
+pub const OUTBOX_KEY_LEN: usize = 1 + 8 + 16;
+
+/// Where an entry sits in the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OutboxKey {
+    pub rank: u8,
+    pub due_ms: u64,
+    pub id: RequestId,
+}
+
+impl OutboxKey {
+    pub fn new(priority: Priority, due_ms: u64, id: RequestId) -> Self {
+        Self {
+            rank: priority.rank(),
+            due_ms,
+            id,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; OUTBOX_KEY_LEN] {
+        let mut key = [0u8; OUTBOX_KEY_LEN];
+        key[0] = self.rank;
+        key[1..9].copy_from_slice(&self.due_ms.to_be_bytes());
+        key[9..].copy_from_slice(self.id.as_bytes());
+        key
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != OUTBOX_KEY_LEN {
+            return None;
+        }
+        let due_ms = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
+        let id = RequestId::from_bytes(bytes[9..].try_into().ok()?);
+        Some(Self {
+            rank: bytes[0],
+            due_ms,
+            id,
+        })
+    }
+
+    /// The key range holding every entry of `rank` due at or before `due_ms`.
+    pub fn due_range(rank: u8, due_ms: u64) -> std::ops::RangeInclusive<[u8; OUTBOX_KEY_LEN]> {
+        let mut start = [0u8; OUTBOX_KEY_LEN];
+        start[0] = rank;
+        let mut end = [0xffu8; OUTBOX_KEY_LEN];
+        end[0] = rank;
+        end[1..9].copy_from_slice(&due_ms.to_be_bytes());
+        start..=end
+    }
+}
+
+/// Key of the `seq`-th event of request `id`.
+pub fn event_key(id: RequestId, seq: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(id.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keys_round_trip() {
+        let key = OutboxKey::new(Priority::Low, 1_700_000_000_123, RequestId::new());
+        assert_eq!(OutboxKey::decode(&key.encode()), Some(key));
+        assert_eq!(OutboxKey::decode(&key.encode()[1..]), None);
+    }
+
+    #[test]
+    fn outbox_bytes_order_by_priority_then_due_time_then_id() {
+        let (a, b) = (RequestId::new(), RequestId::new());
+        let mut keys = vec![
+            OutboxKey::new(Priority::Low, 1, a),
+            OutboxKey::new(Priority::Normal, 500, b),
+            OutboxKey::new(Priority::Normal, 500, a),
+            OutboxKey::new(Priority::High, u64::MAX, b),
+            OutboxKey::new(Priority::Normal, 2, b),
+        ];
+        let mut by_bytes: Vec<_> = keys.iter().map(OutboxKey::encode).collect();
+        by_bytes.sort();
+        keys.sort();
+        let decoded: Vec<_> = by_bytes.iter().filter_map(|k| OutboxKey::decode(k)).collect();
+        assert_eq!(decoded, keys);
+        assert_eq!(decoded[0].rank, Priority::High.rank());
+        assert_eq!((decoded[1].due_ms, decoded[2].id), (2, a));
+    }
+
+    #[test]
+    fn due_range_stops_at_the_due_time() {
+        let id = RequestId::new();
+        let range = OutboxKey::due_range(1, 100);
+        assert!(range.contains(&OutboxKey::new(Priority::Normal, 100, id).encode()));
+        assert!(!range.contains(&OutboxKey::new(Priority::Normal, 101, id).encode()));
+        assert!(!range.contains(&OutboxKey::new(Priority::High, 0, id).encode()));
+    }
+
+    #[test]
+    fn event_keys_order_by_sequence_within_a_request() {
+        let id = RequestId::new();
+        assert!(event_key(id, 1) < event_key(id, 2));
+        assert!(event_key(id, 255) < event_key(id, 256));
+        assert_eq!(&event_key(id, 7)[..16], id.as_bytes());
+    }
+}

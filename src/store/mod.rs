@@ -1,0 +1,443 @@
+//! The durable outbox: the only module that knows sled.
+//!
+//! Trees:
+//! - `requests`: request id → [`RequestRecord`];
+//! - `outbox`: [`OutboxKey`] (priority, due time, id) → nothing; work waiting for the dispatcher;
+//! - `leases`: request id → the outbox key it was leased from; work an attempt is running on;
+//! - `events`: (request id, sequence) → [`Event`]; the append-only history;
+//! - `idempotency`: client key → [`IdempotencyRecord`];
+//! - `meta`: the on-disk format version.
+//!
+//! Every state change writes the request, its outbox or lease entry and its event
+//! in one sled transaction; acknowledgements wait for [`GroupCommit`] to make it durable.
+
+mod codec;
+mod commit;
+mod keys;
+mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, abort,
+};
+use sled::{Transactional, Tree};
+
+pub use codec::{CodecError, FORMAT_VERSION, decode, encode};
+pub use commit::{FlushResult, FlushStats, GroupCommit};
+pub use keys::OutboxKey;
+pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
+
+use crate::domain::{Notification, RequestId, Status, now_ms};
+
+const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no request with id {0}")]
+    NotFound(RequestId),
+    #[error("the idempotency key was already used with a different request body")]
+    IdempotencyConflict,
+    #[error("the data directory holds format version {found}; this build reads version {FORMAT_VERSION}")]
+    IncompatibleFormat { found: u8 },
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("could not make the write durable: {0}")]
+    Flush(Arc<sled::Error>),
+    #[error("corrupt outbox key of {0} bytes")]
+    CorruptKey(usize),
+    #[error("corrupt record: {0}")]
+    Codec(#[from] CodecError),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(error: TransactionError<StoreError>) -> Self {
+        match error {
+            TransactionError::Abort(error) => error,
+            TransactionError::Storage(error) => StoreError::Sled(error),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// What `create` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created(RequestId),
+    /// The idempotency key was seen before with the same body: the original id.
+    Replayed(RequestId),
+}
+
+/// What `request_processing` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessOutcome {
+    /// The request entered the outbox now.
+    Accepted(Status),
+    /// `process` had been called before; nothing changed.
+    AlreadyRequested(Status),
+}
+
+/// An attempt the dispatcher is running: the request leaves the outbox while leased.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub id: RequestId,
+    pub notification: Notification,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    pub process_requested_at_ms: u64,
+}
+
+/// How an attempt ends for the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Sent,
+    RetryAt { due_ms: u64 },
+    Failed,
+}
+
+/// The durable outbox. Cheap to share behind an `Arc`.
+pub struct Store {
+    requests: Tree,
+    outbox: Tree,
+    leases: Tree,
+    events: Tree,
+    idempotency: Tree,
+    meta: Tree,
+    commit: GroupCommit,
+    /// Requests in the outbox or leased: processing asked for, not yet final.
+    pending: AtomicU64,
+    recovered_at_open: usize,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`, checks its format version and
+    /// returns every lease a crash left behind to the outbox. Starts the flusher,
+    /// so it must run inside a tokio runtime.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        check_format_version(&db)?;
+        let (commit, _flusher) = GroupCommit::start(db.clone());
+        let store = Self {
+            requests: db.open_tree("requests")?,
+            outbox: db.open_tree("outbox")?,
+            leases: db.open_tree("leases")?,
+            events: db.open_tree("events")?,
+            idempotency: db.open_tree("idempotency")?,
+            meta: db.open_tree("meta")?,
+            commit,
+            pending: AtomicU64::new(0),
+            recovered_at_open: 0,
+        };
+        let recovered = store.recover_leases()?;
+        let pending = store.outbox.len() as u64;
+        Ok(Self {
+            pending: AtomicU64::new(pending),
+            recovered_at_open: recovered,
+            ..store
+        })
+    }
+
+    /// How many leases a crash had left, returned to the outbox at open.
+    pub fn recovered_at_open(&self) -> usize {
+        self.recovered_at_open
+    }
+
+    /// Requests waiting in the outbox or being attempted.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Stores a new `queued` request and waits until it is on disk.
+    pub async fn create(
+        &self,
+        notification: Notification,
+        idempotency_key: Option<&str>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let now = now_ms();
+        let id = RequestId::new();
+        let outcome = (&self.requests, &self.events, &self.idempotency).transaction(
+            |(requests, events, idempotency)| {
+                if let Some(key) = idempotency_key {
+                    if let Some(bytes) = idempotency.get(key)? {
+                        let existing: IdempotencyRecord = decode(&bytes).map_err(abort_with)?;
+                        return if existing.notification == notification {
+                            Ok(CreateOutcome::Replayed(existing.id))
+                        } else {
+                            abort(StoreError::IdempotencyConflict)
+                        };
+                    }
+                    let binding = IdempotencyRecord {
+                        id,
+                        notification: notification.clone(),
+                    };
+                    idempotency.insert(key, encode(&binding).map_err(abort_with)?)?;
+                }
+                let mut record = RequestRecord {
+                    id,
+                    notification: notification.clone(),
+                    status: Status::Queued,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    process_requested_at_ms: None,
+                    attempts: 0,
+                    next_attempt_at_ms: None,
+                    provider_id: None,
+                    last_error: None,
+                    event_count: 0,
+                };
+                append_event(events, &mut record, EventKind::Created, now)?;
+                put_record(requests, &record)?;
+                Ok(CreateOutcome::Created(id))
+            },
+        )?;
+        self.durable().await?;
+        Ok(outcome)
+    }
+
+    /// Records the intent to send `id`: puts it in the outbox once, and waits
+    /// until that is on disk. Later calls change nothing.
+    pub async fn request_processing(&self, id: RequestId) -> Result<ProcessOutcome, StoreError> {
+        let now = now_ms();
+        let outcome = (&self.requests, &self.outbox, &self.events).transaction(
+            |(requests, outbox, events)| {
+                let mut record = get_record(requests, id)?;
+                if record.process_requested_at_ms.is_some() {
+                    return Ok(ProcessOutcome::AlreadyRequested(record.status));
+                }
+                record.process_requested_at_ms = Some(now);
+                let key = OutboxKey::new(record.notification.priority, now, id);
+                outbox.insert(&key.encode(), &b""[..])?;
+                append_event(events, &mut record, EventKind::ProcessRequested, now)?;
+                put_record(requests, &record)?;
+                Ok(ProcessOutcome::Accepted(record.status))
+            },
+        )?;
+        if matches!(outcome, ProcessOutcome::Accepted(_)) {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        // Also for a repeated call: the first call's write may still be in flight.
+        self.durable().await?;
+        Ok(outcome)
+    }
+
+    pub fn get(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        match self.requests.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The request's history, oldest first; `None` for an unknown id.
+    pub fn events(&self, id: RequestId) -> Result<Option<Vec<Event>>, StoreError> {
+        if !self.requests.contains_key(id.as_bytes())? {
+            return Ok(None);
+        }
+        let events = self
+            .events
+            .scan_prefix(id.as_bytes())
+            .values()
+            .map(|bytes| Ok(decode(&bytes?)?))
+            .collect::<Result<Vec<Event>, StoreError>>()?;
+        Ok(Some(events))
+    }
+
+    /// When the earliest outbox entry falls due, whatever its priority.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let mut earliest = None;
+        for rank in rank_range() {
+            if let Some(key) = self.outbox.scan_prefix([rank]).keys().next() {
+                let key = decode_outbox_key(&key?)?;
+                earliest = Some(earliest.map_or(key.due_ms, |due: u64| due.min(key.due_ms)));
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// Takes the most urgent due entry out of the outbox and leases it: highest
+    /// priority first, then earliest due. The request becomes `processing`.
+    pub fn lease_next_due(&self, now_ms: u64) -> Result<Option<Lease>, StoreError> {
+        for rank in rank_range() {
+            while let Some(entry) = self.outbox.range(OutboxKey::due_range(rank, now_ms)).next() {
+                let (key_bytes, _) = entry?;
+                let key = decode_outbox_key(&key_bytes)?;
+                if let Some(lease) = self.lease(key)? {
+                    return Ok(Some(lease));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn lease(&self, key: OutboxKey) -> Result<Option<Lease>, StoreError> {
+        let now = now_ms();
+        let key_bytes = key.encode();
+        let lease = (&self.outbox, &self.leases, &self.requests, &self.events).transaction(
+            |(outbox, leases, requests, events)| {
+                outbox.remove(&key_bytes)?;
+                let mut record = match requests.get(key.id.as_bytes())? {
+                    Some(bytes) => decode::<RequestRecord>(&bytes).map_err(abort_with)?,
+                    None => {
+                        // An entry without its request cannot be sent: drop it, keep going.
+                        tracing::error!(id = %key.id, "outbox entry without a request; removed");
+                        return Ok(None);
+                    }
+                };
+                record.status = Status::Processing;
+                record.attempts += 1;
+                record.next_attempt_at_ms = None;
+                leases.insert(key.id.as_bytes(), &key_bytes)?;
+                let attempt = record.attempts;
+                append_event(events, &mut record, EventKind::AttemptStarted { attempt }, now)?;
+                put_record(requests, &record)?;
+                Ok(Some(Lease {
+                    id: record.id,
+                    notification: record.notification,
+                    attempt,
+                    process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
+                }))
+            },
+        )?;
+        Ok(lease)
+    }
+
+    /// Ends a leased attempt as `decision` says, records `report` in the history,
+    /// and waits until that is on disk. Returns the request's new status.
+    pub async fn finish_attempt(
+        &self,
+        lease: &Lease,
+        mut report: AttemptReport,
+        decision: Decision,
+    ) -> Result<Status, StoreError> {
+        let now = now_ms();
+        if let Decision::RetryAt { due_ms } = decision {
+            report.next_attempt_at_ms = Some(due_ms);
+        }
+        let status = (&self.leases, &self.outbox, &self.requests, &self.events).transaction(
+            |(leases, outbox, requests, events)| {
+                leases.remove(lease.id.as_bytes())?;
+                let mut record = get_record(requests, lease.id)?;
+                match decision {
+                    Decision::Sent => {
+                        record.status = Status::Sent;
+                        record.provider_id = report.provider_id.clone();
+                    }
+                    Decision::Failed => record.status = Status::Failed,
+                    Decision::RetryAt { due_ms } => {
+                        let key = OutboxKey::new(record.notification.priority, due_ms, lease.id);
+                        outbox.insert(&key.encode(), &b""[..])?;
+                        record.next_attempt_at_ms = Some(due_ms);
+                    }
+                }
+                record.last_error = report.error.clone();
+                let event = EventKind::AttemptFinished(report.clone());
+                append_event(events, &mut record, event, now)?;
+                put_record(requests, &record)?;
+                Ok(record.status)
+            },
+        )?;
+        if status.is_terminal() {
+            let _ = self
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        self.durable().await?;
+        Ok(status)
+    }
+
+    /// Puts every leased entry back in the outbox, due now, keeping its priority.
+    /// Runs at open (after a crash) and after a shutdown that abandoned attempts.
+    pub fn recover_leases(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut recovered = 0;
+        for entry in self.leases.iter() {
+            let (id_bytes, key_bytes) = entry?;
+            let leased_from = decode_outbox_key(&key_bytes)?;
+            (&self.leases, &self.outbox, &self.requests, &self.events).transaction(
+                |(leases, outbox, requests, events)| {
+                    leases.remove(&id_bytes)?;
+                    let key = OutboxKey {
+                        due_ms: now,
+                        ..leased_from
+                    };
+                    outbox.insert(&key.encode(), &b""[..])?;
+                    let mut record = get_record(requests, key.id)?;
+                    append_event(events, &mut record, EventKind::LeaseRecovered, now)?;
+                    put_record(requests, &record)
+                },
+            )?;
+            recovered += 1;
+        }
+        Ok(recovered)
+    }
+
+    /// Waits until every write made so far is on disk.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.commit.durable().await.map_err(StoreError::Flush)
+    }
+
+    /// Whether the database answers reads: the readiness probe's store check.
+    pub fn is_healthy(&self) -> bool {
+        self.meta.get(FORMAT_VERSION_KEY).is_ok()
+    }
+}
+
+fn check_format_version(db: &sled::Db) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta")?;
+    match meta.get(FORMAT_VERSION_KEY)? {
+        Some(version) if version.as_ref() == [FORMAT_VERSION] => Ok(()),
+        Some(version) => Err(StoreError::IncompatibleFormat {
+            found: version.first().copied().unwrap_or(0),
+        }),
+        None => {
+            meta.insert(FORMAT_VERSION_KEY, &[FORMAT_VERSION])?;
+            db.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn rank_range() -> impl Iterator<Item = u8> {
+    crate::domain::Priority::ALL.iter().map(|p| p.rank())
+}
+
+fn decode_outbox_key(bytes: &[u8]) -> Result<OutboxKey, StoreError> {
+    OutboxKey::decode(bytes).ok_or(StoreError::CorruptKey(bytes.len()))
+}
+
+fn abort_with(error: CodecError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Codec(error))
+}
+
+fn get_record(requests: &TransactionalTree, id: RequestId) -> TxResult<RequestRecord> {
+    match requests.get(id.as_bytes())? {
+        Some(bytes) => decode(&bytes).map_err(abort_with),
+        None => abort(StoreError::NotFound(id)),
+    }
+}
+
+fn put_record(requests: &TransactionalTree, record: &RequestRecord) -> TxResult<()> {
+    requests.insert(record.id.as_bytes(), encode(record).map_err(abort_with)?)?;
+    Ok(())
+}
+
+/// Appends an event to the record's history and advances its sequence.
+fn append_event(
+    events: &TransactionalTree,
+    record: &mut RequestRecord,
+    kind: EventKind,
+    now: u64,
+) -> TxResult<()> {
+    record.updated_at_ms = now;
+    let event = Event {
+        at_ms: now,
+        status: record.status,
+        kind,
+    };
+    let key = keys::event_key(record.id, record.event_count);
+    events.insert(&key, encode(&event).map_err(abort_with)?)?;
+    record.event_count += 1;
+    Ok(())
+}
