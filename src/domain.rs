@@ -53,6 +53,7 @@ macro_rules! wire_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
         pub enum $name { $($variant),+ }
 
         impl $name {
@@ -114,12 +115,6 @@ impl Priority {
     }
 }
 
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Normal
-    }
-}
-
 impl Status {
     /// `Sent` and `Failed` are final: nothing moves a request out of them.
     pub fn is_terminal(self) -> bool {
@@ -156,7 +151,12 @@ mod tests {
         for status in Status::ALL {
             assert_eq!(status.as_str().parse::<Status>(), Ok(*status));
         }
-        assert!("fax".parse::<Channel>().unwrap_err().contains("email, sms, push"));
+        assert!(
+            "fax"
+                .parse::<Channel>()
+                .unwrap_err()
+                .contains("email, sms, push")
+        );
     }
 
     #[test]

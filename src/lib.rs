@@ -6,5 +6,13 @@
 //! together and owns the shutdown path; [`simulator`] is a local stand-in for
 //! the provider.
 
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
 pub mod domain;
+pub mod shutdown;
+pub mod simulator;
 pub mod store;
+pub mod telemetry;

@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn refuses_empty_and_truncated_records() {
-        assert!(matches!(decode::<Notification>(&[]), Err(CodecError::Empty)));
+        assert!(matches!(
+            decode::<Notification>(&[]),
+            Err(CodecError::Empty)
+        ));
         let bytes = encode(&sample()).unwrap();
         assert!(matches!(
             decode::<Notification>(&bytes[..bytes.len() - 3]),

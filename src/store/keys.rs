@@ -91,7 +91,10 @@ mod tests {
         let mut by_bytes: Vec<_> = keys.iter().map(OutboxKey::encode).collect();
         by_bytes.sort();
         keys.sort();
-        let decoded: Vec<_> = by_bytes.iter().filter_map(|k| OutboxKey::decode(k)).collect();
+        let decoded: Vec<_> = by_bytes
+            .iter()
+            .filter_map(|k| OutboxKey::decode(k))
+            .collect();
         assert_eq!(decoded, keys);
         assert_eq!(decoded[0].rank, Priority::High.rank());
         assert_eq!((decoded[1].due_ms, decoded[2].id), (2, a));

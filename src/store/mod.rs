@@ -20,9 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, abort,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
 use sled::{Transactional, Tree};
 
 pub use codec::{CodecError, FORMAT_VERSION, decode, encode};
@@ -40,7 +38,9 @@ pub enum StoreError {
     NotFound(RequestId),
     #[error("the idempotency key was already used with a different request body")]
     IdempotencyConflict,
-    #[error("the data directory holds format version {found}; this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "the data directory holds format version {found}; this build reads version {FORMAT_VERSION}"
+    )]
     IncompatibleFormat { found: u8 },
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
@@ -143,6 +143,11 @@ impl Store {
     /// How many leases a crash had left, returned to the outbox at open.
     pub fn recovered_at_open(&self) -> usize {
         self.recovered_at_open
+    }
+
+    /// Requests stored, in any status.
+    pub fn request_count(&self) -> usize {
+        self.requests.len()
     }
 
     /// Requests waiting in the outbox or being attempted.
@@ -290,7 +295,12 @@ impl Store {
                 record.next_attempt_at_ms = None;
                 leases.insert(key.id.as_bytes(), &key_bytes)?;
                 let attempt = record.attempts;
-                append_event(events, &mut record, EventKind::AttemptStarted { attempt }, now)?;
+                append_event(
+                    events,
+                    &mut record,
+                    EventKind::AttemptStarted { attempt },
+                    now,
+                )?;
                 put_record(requests, &record)?;
                 Ok(Some(Lease {
                     id: record.id,

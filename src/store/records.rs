@@ -93,7 +93,10 @@ mod tests {
             last_error: Some("HTTP 500".into()),
             event_count: 4,
         };
-        assert_eq!(decode::<RequestRecord>(&encode(&record).unwrap()).unwrap(), record);
+        assert_eq!(
+            decode::<RequestRecord>(&encode(&record).unwrap()).unwrap(),
+            record
+        );
 
         let event = Event {
             at_ms: 5,

@@ -1,0 +1,205 @@
+//! Turning a create request's raw body and headers into a validated
+//! [`Notification`], with an error that says exactly what is wrong.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use serde_json::error::Category;
+
+use super::error::ApiError;
+use crate::domain::{Channel, Notification, Priority};
+
+/// Longest accepted `to`, in characters (an e-mail address, a phone number or a device token).
+pub const MAX_TO_CHARS: usize = 512;
+/// Longest accepted `message`, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 10_000;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The create body as sent; every field optional so a missing one gets its own message.
+#[derive(Deserialize)]
+struct CreateBody {
+    to: Option<String>,
+    message: Option<String>,
+    #[serde(rename = "type")]
+    channel: Option<String>,
+    priority: Option<String>,
+}
+
+/// Checks size, content type and JSON, then every field.
+pub fn parse_create(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Notification, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        _ => ApiError::MalformedJson(rejection.body_text()),
+    })?;
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let parsed: CreateBody =
+        serde_json::from_slice(&body).map_err(|error| match error.classify() {
+            Category::Data => ApiError::Validation(format!("invalid body: {error}")),
+            _ => ApiError::MalformedJson(error.to_string()),
+        })?;
+    validate(parsed)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+fn validate(body: CreateBody) -> Result<Notification, ApiError> {
+    let to = text_field("to", body.to, MAX_TO_CHARS)?;
+    let message = text_field("message", body.message, MAX_MESSAGE_CHARS)?;
+    let channel = body
+        .channel
+        .ok_or_else(|| ApiError::Validation("`type` is required (email, sms or push)".into()))?
+        .parse::<Channel>()
+        .map_err(|reason| ApiError::Validation(format!("`type`: {reason}")))?;
+    let priority = match body.priority {
+        Some(priority) => priority
+            .parse::<Priority>()
+            .map_err(|reason| ApiError::Validation(format!("`priority`: {reason}")))?,
+        None => Priority::Normal,
+    };
+    Ok(Notification {
+        to,
+        message,
+        channel,
+        priority,
+    })
+}
+
+fn text_field(name: &str, value: Option<String>, max_chars: usize) -> Result<String, ApiError> {
+    let value = value.ok_or_else(|| ApiError::Validation(format!("`{name}` is required")))?;
+    if value.trim().is_empty() {
+        return Err(ApiError::Validation(format!("`{name}` must not be empty")));
+    }
+    if value.chars().count() > max_chars {
+        return Err(ApiError::Validation(format!(
+            "`{name}` is longer than {max_chars} characters"
+        )));
+    }
+    // `to` is an address: control characters there are never legitimate.
+    if name == "to" && value.chars().any(char::is_control) {
+        return Err(ApiError::Validation(
+            "`to` must not contain control characters".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// The optional `Idempotency-Key` header, checked.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey)?;
+    let valid = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(Some(key))
+    } else {
+        Err(ApiError::InvalidIdempotencyKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        headers
+    }
+
+    fn parse(body: &str) -> Result<Notification, ApiError> {
+        parse_create(&json_headers(), Ok(Bytes::from(body.to_string())), 1024)
+    }
+
+    #[test]
+    fn accepts_a_valid_body_with_default_priority() {
+        let n = parse(r#"{"to":"a@b.c","message":"hi","type":"email"}"#).unwrap();
+        assert_eq!((n.channel, n.priority), (Channel::Email, Priority::Normal));
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let cases = [
+            (r#"{"message":"hi","type":"sms"}"#, "`to` is required"),
+            (
+                r#"{"to":"  ","message":"hi","type":"sms"}"#,
+                "`to` must not be empty",
+            ),
+            (r#"{"to":"x","message":"hi"}"#, "`type` is required"),
+            (
+                r#"{"to":"x","message":"hi","type":"fax"}"#,
+                "unknown channel `fax`",
+            ),
+            (
+                r#"{"to":"x","message":"hi","type":"sms","priority":"urgent"}"#,
+                "unknown priority",
+            ),
+            (
+                r#"{"to":"x\n","message":"hi","type":"sms"}"#,
+                "control characters",
+            ),
+            (r#"{"to":5,"message":"hi","type":"sms"}"#, "invalid type"),
+        ];
+        for (body, expected) in cases {
+            match parse(body) {
+                Err(ApiError::Validation(message)) => {
+                    assert!(message.contains(expected), "{body}: {message}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_wrong_content_type_are_told_apart() {
+        assert!(matches!(
+            parse(r#"{"to":"#),
+            Err(ApiError::MalformedJson(_))
+        ));
+        let plain = HeaderMap::new();
+        let body = Ok(Bytes::from_static(b"{}"));
+        assert!(matches!(
+            parse_create(&plain, body, 1024),
+            Err(ApiError::UnsupportedMediaType)
+        ));
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&headers).unwrap(), None);
+        headers.insert("idempotency-key", HeaderValue::from_static("order-42"));
+        assert_eq!(idempotency_key(&headers).unwrap(), Some("order-42"));
+        headers.insert("idempotency-key", HeaderValue::from_static("has space"));
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! The API's one error type, and the one place errors become HTTP answers:
+//! `{"error": {"code": "...", "message": "..."}}` with the matching status.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the body must be JSON: send `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    Validation(String),
+    #[error("the Idempotency-Key header must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
+    #[error("no request with id `{0}`")]
+    RequestNotFound(String),
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
+    #[error("the outbox holds {pending} undelivered requests (limit {limit}); retry later")]
+    OutboxFull {
+        pending: u64,
+        limit: u64,
+        retry_after_secs: u64,
+    },
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
+    #[error("the request could not be made durable; it was not accepted")]
+    StorageUnavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyConflict => StatusCode::CONFLICT,
+            ApiError::RequestNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::OutboxFull { .. } | ApiError::NotReady(_) | ApiError::StorageUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, machine-readable name for the error.
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::RequestNotFound(_) => "request_not_found",
+            ApiError::RouteNotFound => "route_not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::OutboxFull { .. } => "outbox_full",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::StorageUnavailable => "storage_unavailable",
+            ApiError::Internal => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::OutboxFull {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(id) => ApiError::RequestNotFound(id.to_string()),
+            StoreError::IdempotencyConflict => ApiError::IdempotencyConflict,
+            StoreError::Flush(error) => {
+                tracing::error!(%error, "write not durable; answering 503");
+                ApiError::StorageUnavailable
+            }
+            error => {
+                tracing::error!(%error, "store error");
+                ApiError::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The HTTP API: routes, shared state and the JSON error contract.
+
+mod body;
+mod error;
+mod health;
+mod requests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::dispatch::DispatcherHandle;
+use crate::store::Store;
+
+/// Input limits the handlers enforce.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimits {
+    pub max_body_bytes: usize,
+    /// Undelivered requests beyond which creates are refused with `503`.
+    pub outbox_limit: u64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub dispatcher: DispatcherHandle,
+    pub limits: ApiLimits,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
+    Router::new()
+        .route("/v1/requests", post(requests::create))
+        .route("/v1/requests/{id}", get(requests::status))
+        .route("/v1/requests/{id}/process", post(requests::process))
+        .route("/v1/requests/{id}/events", get(requests::events))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(body_limit)
+        .with_state(state)
+}

@@ -1,0 +1,220 @@
+//! The `/v1/requests` routes: create, process, status and history.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tracing::Instrument;
+
+use super::AppState;
+use super::body::{idempotency_key, parse_create};
+use super::error::ApiError;
+use crate::domain::{RequestId, Status};
+use crate::store::{CreateOutcome, Event, EventKind, ProcessOutcome, RequestRecord};
+
+/// How long a client should wait before retrying a create refused for a full outbox.
+const OUTBOX_FULL_RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Serialize)]
+pub struct Created {
+    id: String,
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    id: String,
+    status: Status,
+}
+
+/// `GET /v1/requests/{id}`: the contract's `id` and `status`, and a few facts users ask for.
+#[derive(Serialize)]
+pub struct RequestView {
+    id: String,
+    status: Status,
+    #[serde(rename = "type")]
+    channel: &'static str,
+    priority: &'static str,
+    attempts: u32,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+impl From<RequestRecord> for RequestView {
+    fn from(record: RequestRecord) -> Self {
+        Self {
+            id: record.id.to_string(),
+            status: record.status,
+            channel: record.notification.channel.as_str(),
+            priority: record.notification.priority.as_str(),
+            attempts: record.attempts,
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            next_attempt_at_ms: record.next_attempt_at_ms,
+            provider_id: record.provider_id,
+            last_error: record.last_error,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct EventView {
+    at_ms: u64,
+    status: Status,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at_ms: Option<u64>,
+}
+
+impl From<Event> for EventView {
+    fn from(event: Event) -> Self {
+        let mut view = EventView {
+            at_ms: event.at_ms,
+            status: event.status,
+            event: "",
+            attempt: None,
+            http_status: None,
+            error: None,
+            provider_id: None,
+            latency_ms: None,
+            next_attempt_at_ms: None,
+        };
+        view.event = match event.kind {
+            EventKind::Created => "created",
+            EventKind::ProcessRequested => "process_requested",
+            EventKind::LeaseRecovered => "lease_recovered",
+            EventKind::AttemptStarted { attempt } => {
+                view.attempt = Some(attempt);
+                "attempt_started"
+            }
+            EventKind::AttemptFinished(report) => {
+                view.attempt = Some(report.attempt);
+                view.http_status = report.http_status;
+                view.error = report.error;
+                view.provider_id = report.provider_id;
+                view.latency_ms = Some(report.latency_ms);
+                view.next_attempt_at_ms = report.next_attempt_at_ms;
+                "attempt_finished"
+            }
+        };
+        view
+    }
+}
+
+#[derive(Serialize)]
+pub struct HistoryView {
+    id: String,
+    events: Vec<EventView>,
+}
+
+/// `POST /v1/requests`: validate, store durably, answer `201 {"id"}`.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let notification = parse_create(&headers, body, state.limits.max_body_bytes)?;
+    let key = idempotency_key(&headers)?;
+    let pending = state.store.pending();
+    if pending >= state.limits.outbox_limit {
+        return Err(ApiError::OutboxFull {
+            pending,
+            limit: state.limits.outbox_limit,
+            retry_after_secs: OUTBOX_FULL_RETRY_AFTER_SECS,
+        });
+    }
+    let outcome = state.store.create(notification, key).await?;
+    let (id, replayed) = match outcome {
+        CreateOutcome::Created(id) => (id, false),
+        CreateOutcome::Replayed(id) => (id, true),
+    };
+    tracing::info!(%id, replayed, "request stored");
+    let mut response = (StatusCode::CREATED, Json(Created { id: id.to_string() })).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{id}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `POST /v1/requests/{id}/process`: `202` when the request entered the
+/// outbox now, `200` with its current status when it had before.
+pub async fn process(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<(StatusCode, Json<StatusView>), ApiError> {
+    let id = parse_id(&raw_id)?;
+    async move {
+        let (code, status) = match state.store.request_processing(id).await? {
+            ProcessOutcome::Accepted(status) => {
+                state.dispatcher.notify();
+                tracing::info!("processing requested");
+                (StatusCode::ACCEPTED, status)
+            }
+            ProcessOutcome::AlreadyRequested(status) => (StatusCode::OK, status),
+        };
+        let view = StatusView {
+            id: id.to_string(),
+            status,
+        };
+        Ok((code, Json(view)))
+    }
+    .instrument(tracing::info_span!("request", %id))
+    .await
+}
+
+/// `GET /v1/requests/{id}`.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let record = state
+        .store
+        .get(id)?
+        .ok_or(ApiError::RequestNotFound(raw_id))?;
+    Ok(Json(record.into()))
+}
+
+/// `GET /v1/requests/{id}/events`: every transition and attempt, oldest first.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let events = state
+        .store
+        .events(id)?
+        .ok_or(ApiError::RequestNotFound(raw_id))?;
+    Ok(Json(HistoryView {
+        id: id.to_string(),
+        events: events.into_iter().map(EventView::from).collect(),
+    }))
+}
+
+/// A path segment that is not an id names no request: `404`, not `400` or `500`.
+fn parse_id(raw: &str) -> Result<RequestId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::RequestNotFound(raw.to_string()))
+}

@@ -1,0 +1,115 @@
+//! Wires the store, the dispatcher and the API together, and owns the
+//! shutdown order: stop accepting, drain provider calls, flush, return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiLimits, AppState};
+use crate::config::GatewayConfig;
+use crate::dispatch::{DispatchError, Dispatcher};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+}
+
+/// A gateway that is bound and recovered, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    store: Arc<Store>,
+    dispatcher: Dispatcher,
+    router: axum::Router,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Opens the store (returning crashed leases to the outbox), builds the
+    /// dispatcher and binds the listener.
+    pub async fn build(config: &GatewayConfig) -> Result<Self, AppError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        tracing::info!(
+            recovered = store.recovered_at_open(),
+            pending = store.pending(),
+            "store open"
+        );
+        let (dispatcher, handle) = Dispatcher::new(store.clone(), &config.dispatch_settings())?;
+        let state = AppState {
+            store: store.clone(),
+            dispatcher: handle,
+            limits: ApiLimits {
+                max_body_bytes: config.max_body_bytes,
+                outbox_limit: config.outbox_limit,
+            },
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            store,
+            dispatcher,
+            router: api::router(state),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The store, for callers that embed the gateway (tests, drills).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Cancelling this token shuts the application down cleanly.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains and flushes.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        let addr = self.local_addr().map_err(AppError::Serve)?;
+        tracing::info!(%addr, "listening");
+        let dispatcher = tokio::spawn(self.dispatcher.run(self.shutdown.clone()));
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
+            .await;
+        // Whatever ended the server, stop the dispatcher too.
+        self.shutdown.cancel();
+        tracing::info!("stopped accepting; draining");
+        if let Err(error) = dispatcher.await {
+            tracing::error!(%error, "dispatcher task failed");
+        }
+        self.store.durable().await?;
+        tracing::info!("store flushed; bye");
+        served.map_err(AppError::Serve)
+    }
+}

@@ -1,0 +1,90 @@
+//! What each `herald` subcommand runs.
+
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppError, Application};
+use crate::config::{Command, GatewayConfig};
+use crate::shutdown::cancel_on_signal;
+use crate::simulator::{self, SimConfig, Simulator};
+
+pub async fn run(command: Command) -> Result<(), AppError> {
+    match command {
+        Command::Serve(config) => serve(config).await,
+        Command::Dev {
+            gateway,
+            sim_listen,
+            sim,
+        } => dev(gateway, sim_listen, sim).await,
+        Command::ProviderSim { listen, sim } => provider_sim(listen, sim, signal_token()).await,
+    }
+}
+
+async fn serve(config: GatewayConfig) -> Result<(), AppError> {
+    tracing::info!(
+        provider_url = config.provider_url(),
+        ?config,
+        "starting herald"
+    );
+    let app = Application::build(&config).await?;
+    cancel_on_signal(app.shutdown_token());
+    app.run_until_stopped().await
+}
+
+/// The gateway plus, unless a provider URL was given, a simulator beside it.
+async fn dev(
+    mut gateway: GatewayConfig,
+    sim_listen: SocketAddr,
+    sim: SimConfig,
+) -> Result<(), AppError> {
+    if gateway.provider_url.is_some() {
+        return serve(gateway).await;
+    }
+    let token = signal_token();
+    let listener = bind(sim_listen).await?;
+    let sim_addr = listener.local_addr().map_err(AppError::Serve)?;
+    tracing::info!(%sim_addr, "provider simulator listening");
+    let sim_task = tokio::spawn(simulator::serve(
+        listener,
+        Simulator::new(sim),
+        token.clone().cancelled_owned(),
+    ));
+    gateway.provider_url = Some(format!("http://127.0.0.1:{}", sim_addr.port()));
+    tracing::info!(provider_url = gateway.provider_url(), config = ?gateway, "starting herald");
+    let app = Application::build(&gateway).await?;
+    let app_token = app.shutdown_token();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        app_token.cancel();
+    });
+    let result = app.run_until_stopped().await;
+    if let Ok(Err(error)) = sim_task.await {
+        tracing::warn!(%error, "simulator stopped with an error");
+    }
+    result
+}
+
+async fn provider_sim(
+    listen: SocketAddr,
+    sim: SimConfig,
+    token: CancellationToken,
+) -> Result<(), AppError> {
+    let listener = bind(listen).await?;
+    tracing::info!(addr = %listen, ?sim, "provider simulator listening");
+    simulator::serve(listener, Simulator::new(sim), token.cancelled_owned())
+        .await
+        .map_err(AppError::Serve)
+}
+
+fn signal_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    cancel_on_signal(token.clone());
+    token
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen { addr, source })
+}

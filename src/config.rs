@@ -1,0 +1,253 @@
+//! Command line and environment configuration.
+//!
+//! Every setting is a flag with an environment variable and a default that works
+//! out of the box; `herald --help` and `herald serve --help` explain each. The
+//! provider's API key is wrapped in [`Secret`] so it never reaches a log.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::dispatch::{
+    BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
+};
+use crate::simulator::SimConfig;
+
+/// Where the provider lives when nothing else is said (the compose service name).
+pub const DEFAULT_PROVIDER_URL: &str = "http://provider:3001";
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "A durable notification gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `human` for people, `json` for log collectors.
+    #[arg(
+        long,
+        env = "HERALD_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(GatewayConfig),
+    /// Run the gateway with a local provider simulator beside it (unless --provider-url is given).
+    Dev {
+        #[command(flatten)]
+        gateway: GatewayConfig,
+        /// Where the local simulator listens.
+        #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:3001")]
+        sim_listen: SocketAddr,
+        #[command(flatten)]
+        sim: SimConfig,
+    },
+    /// Run only the provider simulator.
+    ProviderSim {
+        /// Where the simulator listens.
+        #[arg(long, env = "SIM_LISTEN", default_value = "0.0.0.0:3001")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        sim: SimConfig,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The gateway's settings.
+#[derive(Clone, Debug, Args)]
+pub struct GatewayConfig {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+
+    /// Directory of the sled outbox (created if missing).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Base URL of the provider; Herald calls `{url}/v1/notify`. [default: http://provider:3001]
+    #[arg(long, env = "PROVIDER_URL")]
+    pub provider_url: Option<String>,
+
+    /// API key sent to the provider as `X-API-Key`. Never logged.
+    #[arg(long, env = "PROVIDER_API_KEY", default_value = "test-dev-2026")]
+    pub provider_api_key: Secret,
+
+    /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
+    #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
+    pub rate_per_sec: f64,
+
+    /// Calls allowed at once above the steady rate.
+    #[arg(long, env = "HERALD_RATE_BURST", default_value_t = 1)]
+    pub rate_burst: u32,
+
+    /// Extra per-second limit for email, on top of the global one.
+    #[arg(long, env = "HERALD_EMAIL_RATE_PER_SEC")]
+    pub email_rate_per_sec: Option<f64>,
+
+    /// Extra per-second limit for SMS, on top of the global one.
+    #[arg(long, env = "HERALD_SMS_RATE_PER_SEC")]
+    pub sms_rate_per_sec: Option<f64>,
+
+    /// Extra per-second limit for push, on top of the global one.
+    #[arg(long, env = "HERALD_PUSH_RATE_PER_SEC")]
+    pub push_rate_per_sec: Option<f64>,
+
+    /// Provider calls in flight at once.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub max_in_flight: usize,
+
+    /// Time allowed to open a connection to the provider.
+    #[arg(long, env = "HERALD_CONNECT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub connect_timeout_ms: u64,
+
+    /// Time allowed for one provider call, start to finish.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// First retry delay ceiling; each retry doubles it (full jitter picks 0..ceiling).
+    #[arg(long, env = "HERALD_RETRY_BASE_MS", default_value_t = 500)]
+    pub retry_base_ms: u64,
+
+    /// Largest delay between two attempts.
+    #[arg(long, env = "HERALD_RETRY_MAX_DELAY_MS", default_value_t = 60_000)]
+    pub retry_max_delay_ms: u64,
+
+    /// Attempts before a request that keeps failing transiently is marked failed.
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: u32,
+
+    /// Age (from `process`) after which a transient failure is final.
+    #[arg(long, env = "HERALD_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub max_age_secs: u64,
+
+    /// Consecutive transient failures that open the circuit breaker.
+    #[arg(long, env = "HERALD_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+
+    /// How long an open breaker waits before letting one probe through.
+    #[arg(long, env = "HERALD_BREAKER_COOLDOWN_MS", default_value_t = 5_000)]
+    pub breaker_cooldown_ms: u64,
+
+    /// Undelivered requests the outbox holds before creates get 503.
+    #[arg(long, env = "HERALD_OUTBOX_LIMIT", default_value_t = 1_000_000)]
+    pub outbox_limit: u64,
+
+    /// Largest accepted request body, in bytes (larger gets 413).
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// On SIGTERM/SIGINT, how long in-flight provider calls may take to finish.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl GatewayConfig {
+    /// The defaults, as `herald serve` with no flags and no environment would have them.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: GatewayConfig,
+        }
+        // Parsing no arguments cannot fail: every setting has a default.
+        Defaults::parse_from(["herald"]).config
+    }
+
+    pub fn provider_url(&self) -> &str {
+        self.provider_url.as_deref().unwrap_or(DEFAULT_PROVIDER_URL)
+    }
+
+    pub fn dispatch_settings(&self) -> DispatchSettings {
+        DispatchSettings {
+            provider: ProviderSettings {
+                base_url: self.provider_url().trim_end_matches('/').to_string(),
+                api_key: self.provider_api_key.clone(),
+                connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+            },
+            rate: RateSettings {
+                per_sec: self.rate_per_sec,
+                burst: self.rate_burst,
+                email_per_sec: self.email_rate_per_sec,
+                sms_per_sec: self.sms_rate_per_sec,
+                push_per_sec: self.push_rate_per_sec,
+            },
+            retry: RetryPolicy {
+                base: Duration::from_millis(self.retry_base_ms),
+                max_delay: Duration::from_millis(self.retry_max_delay_ms),
+                max_attempts: self.max_attempts,
+                max_age: Duration::from_secs(self.max_age_secs),
+            },
+            breaker: BreakerSettings {
+                threshold: self.breaker_threshold,
+                cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            },
+            max_in_flight: self.max_in_flight,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+/// A string that prints as `****` in logs and `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = GatewayConfig::defaults();
+        assert_eq!(config.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(config.provider_url(), "http://provider:3001");
+        assert_eq!(config.provider_api_key.expose(), "test-dev-2026");
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let config = GatewayConfig::defaults();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("test-dev-2026"));
+        assert!(printed.contains("****"));
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

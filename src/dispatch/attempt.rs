@@ -1,0 +1,276 @@
+//! One delivery attempt: pace it, call the provider, decide what the answer
+//! means for the request, and record that durably.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::breaker::CircuitBreaker;
+use super::pacer::Pacer;
+use super::provider::{CallOutcome, ProviderClient};
+use super::retry::RetryPolicy;
+use crate::domain::now_ms;
+use crate::store::{AttemptReport, Decision, Lease, Store, StoreError};
+
+/// How long a `429` without `Retry-After` holds every call.
+const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+/// How long to wait before retrying a failed write of an attempt's outcome.
+const RECORD_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What every attempt shares.
+pub struct AttemptContext {
+    pub store: Arc<Store>,
+    pub provider: ProviderClient,
+    pub pacer: Pacer,
+    pub breaker: CircuitBreaker,
+    pub retry: RetryPolicy,
+    /// Wakes the dispatcher: a retry may now be the earliest due entry.
+    pub wake: Arc<Notify>,
+}
+
+impl AttemptContext {
+    pub async fn run(&self, lease: Lease) {
+        self.pacer
+            .until_channel_ready(lease.notification.channel)
+            .await;
+        let started = Instant::now();
+        let outcome = self.provider.send(lease.id, &lease.notification).await;
+        let latency = started.elapsed();
+
+        let outage = self.update_health(&outcome);
+        let (decision, report) = decide(&self.retry, &lease, outcome, outage, latency, now_ms());
+        tracing::info!(
+            attempt = lease.attempt,
+            http_status = report.http_status,
+            latency_ms = report.latency_ms,
+            error = report.error.as_deref(),
+            ?decision,
+            "provider attempt"
+        );
+        self.record(&lease, report, decision).await;
+        self.wake.notify_one();
+    }
+
+    /// Feeds the outcome to the breaker and the pacer; returns whether the
+    /// provider is in an outage (the breaker is open).
+    fn update_health(&self, outcome: &CallOutcome) -> bool {
+        if let CallOutcome::Transient { retry_after, .. } = outcome
+            && outcome.is_throttled()
+        {
+            self.pacer.pause(retry_after.unwrap_or(THROTTLE_PAUSE));
+        }
+        if outcome.is_provider_failure() {
+            self.breaker.record_failure()
+        } else {
+            self.breaker.record_success();
+            false
+        }
+    }
+
+    /// Writes the outcome, retrying while the store refuses: a lease must not be
+    /// left behind while the process is alive. (A failed flush is only logged:
+    /// the write is applied and sled's own flush persists it.)
+    async fn record(&self, lease: &Lease, report: AttemptReport, decision: Decision) {
+        loop {
+            match self
+                .store
+                .finish_attempt(lease, report.clone(), decision)
+                .await
+            {
+                Ok(status) => {
+                    tracing::debug!(%status, "attempt recorded");
+                    return;
+                }
+                Err(StoreError::Flush(error)) => {
+                    tracing::error!(%error, "attempt recorded but not yet flushed");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not record the attempt; retrying");
+                    tokio::time::sleep(RECORD_RETRY_DELAY).await;
+                }
+            }
+        }
+    }
+}
+
+/// What an attempt's outcome means for the request. During an outage a
+/// transient failure is always retried: an outage never fails a request.
+pub fn decide(
+    policy: &RetryPolicy,
+    lease: &Lease,
+    outcome: CallOutcome,
+    outage: bool,
+    latency: Duration,
+    now_ms: u64,
+) -> (Decision, AttemptReport) {
+    let mut report = AttemptReport {
+        attempt: lease.attempt,
+        latency_ms: latency.as_millis() as u64,
+        ..AttemptReport::default()
+    };
+    let decision = match outcome {
+        CallOutcome::Delivered {
+            status,
+            provider_id,
+        } => {
+            report.http_status = Some(status);
+            report.provider_id = provider_id;
+            Decision::Sent
+        }
+        CallOutcome::Rejected { status, error } => {
+            report.http_status = Some(status);
+            report.error = Some(error);
+            Decision::Failed
+        }
+        CallOutcome::Transient {
+            status,
+            retry_after,
+            error,
+        } => {
+            report.http_status = status;
+            let age = Duration::from_millis(now_ms.saturating_sub(lease.process_requested_at_ms));
+            if outage || policy.allows_retry(lease.attempt, age) {
+                let delay = policy.delay(lease.attempt, retry_after, &mut rand::rng());
+                report.error = Some(error);
+                Decision::RetryAt {
+                    due_ms: now_ms + delay.as_millis() as u64,
+                }
+            } else {
+                report.error = Some(format!(
+                    "{error} (retry budget spent after {} attempts)",
+                    lease.attempt
+                ));
+                Decision::Failed
+            }
+        }
+    };
+    (decision, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, Notification, Priority, RequestId};
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_attempts: 3,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn lease(attempt: u32) -> Lease {
+        Lease {
+            id: RequestId::new(),
+            notification: Notification {
+                to: "a@example.com".into(),
+                message: "hi".into(),
+                channel: Channel::Email,
+                priority: Priority::Normal,
+            },
+            attempt,
+            process_requested_at_ms: 1_000,
+        }
+    }
+
+    fn server_error() -> CallOutcome {
+        CallOutcome::Transient {
+            status: Some(500),
+            retry_after: None,
+            error: "HTTP 500".into(),
+        }
+    }
+
+    #[test]
+    fn a_2xx_is_sent_with_its_provider_id() {
+        let delivered = CallOutcome::Delivered {
+            status: 200,
+            provider_id: Some("p-1".into()),
+        };
+        let (decision, report) = decide(
+            &policy(),
+            &lease(1),
+            delivered,
+            false,
+            Duration::ZERO,
+            2_000,
+        );
+        assert_eq!(decision, Decision::Sent);
+        assert_eq!(report.provider_id.as_deref(), Some("p-1"));
+    }
+
+    #[test]
+    fn a_4xx_fails_at_once() {
+        let rejected = CallOutcome::Rejected {
+            status: 422,
+            error: "HTTP 422".into(),
+        };
+        let (decision, report) =
+            decide(&policy(), &lease(1), rejected, false, Duration::ZERO, 2_000);
+        assert_eq!(decision, Decision::Failed);
+        assert_eq!(report.http_status, Some(422));
+    }
+
+    #[test]
+    fn transient_failures_retry_until_the_budget_is_spent() {
+        let (decision, _) = decide(
+            &policy(),
+            &lease(2),
+            server_error(),
+            false,
+            Duration::ZERO,
+            2_000,
+        );
+        assert!(matches!(decision, Decision::RetryAt { due_ms } if due_ms >= 2_000));
+        let (decision, report) = decide(
+            &policy(),
+            &lease(3),
+            server_error(),
+            false,
+            Duration::ZERO,
+            2_000,
+        );
+        assert_eq!(decision, Decision::Failed);
+        assert!(
+            report
+                .error
+                .unwrap()
+                .contains("retry budget spent after 3 attempts")
+        );
+    }
+
+    #[test]
+    fn an_outage_never_fails_a_request() {
+        let (decision, _) = decide(
+            &policy(),
+            &lease(9),
+            server_error(),
+            true,
+            Duration::ZERO,
+            2_000,
+        );
+        assert!(matches!(decision, Decision::RetryAt { .. }));
+    }
+
+    #[test]
+    fn retry_after_sets_the_earliest_next_attempt() {
+        let throttled = CallOutcome::Transient {
+            status: Some(429),
+            retry_after: Some(Duration::from_secs(7)),
+            error: "HTTP 429".into(),
+        };
+        let (decision, _) = decide(
+            &policy(),
+            &lease(1),
+            throttled,
+            false,
+            Duration::ZERO,
+            2_000,
+        );
+        assert!(matches!(decision, Decision::RetryAt { due_ms } if due_ms >= 9_000));
+    }
+}

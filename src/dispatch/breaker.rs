@@ -1,0 +1,154 @@
+//! The circuit breaker: after a run of consecutive provider failures, stop
+//! calling for a cool-down, then let a single probe decide whether to resume.
+//! While it is open, work waits in the outbox; nothing is failed for an outage.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the breaker.
+    pub threshold: u32,
+    /// How long it stays open before a probe.
+    pub cooldown: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is in flight; everything else waits for its outcome.
+    HalfOpen,
+}
+
+pub struct CircuitBreaker {
+    settings: BreakerSettings,
+    state: Mutex<BreakerState>,
+    changed: Notify,
+}
+
+impl CircuitBreaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        *self.lock()
+    }
+
+    /// Waits until a call may start. After a cool-down the first caller becomes the probe.
+    pub async fn admitted(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let open_until = {
+                let mut state = self.lock();
+                match *state {
+                    BreakerState::Closed { .. } => return,
+                    BreakerState::Open { until } if Instant::now() >= until => {
+                        *state = BreakerState::HalfOpen;
+                        tracing::info!("circuit breaker half-open: sending a probe");
+                        return;
+                    }
+                    BreakerState::Open { until } => Some(until),
+                    BreakerState::HalfOpen => None,
+                }
+            };
+            match open_until {
+                Some(until) => tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = changed => {}
+                },
+                None => changed.await,
+            }
+        }
+    }
+
+    /// The provider answered: close the breaker.
+    pub fn record_success(&self) {
+        let mut state = self.lock();
+        if !matches!(*state, BreakerState::Closed { .. }) {
+            tracing::info!("circuit breaker closed: the provider answers again");
+        }
+        *state = BreakerState::Closed { failures: 0 };
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// The provider failed (5xx, timeout, unreachable). Returns whether the breaker
+    /// is open now, i.e. whether this failure is part of an outage.
+    pub fn record_failure(&self) -> bool {
+        let mut state = self.lock();
+        let open_until = Instant::now() + self.settings.cooldown;
+        *state = match *state {
+            BreakerState::Closed { failures } if failures + 1 < self.settings.threshold => {
+                BreakerState::Closed {
+                    failures: failures + 1,
+                }
+            }
+            BreakerState::Open { until } => BreakerState::Open { until },
+            _ => {
+                tracing::warn!(cooldown = ?self.settings.cooldown, "circuit breaker open: provider failing");
+                BreakerState::Open { until: open_until }
+            }
+        };
+        let open = !matches!(*state, BreakerState::Closed { .. });
+        drop(state);
+        self.changed.notify_waiters();
+        open
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        // The state is a plain value: a panic elsewhere cannot leave it half-written.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32) -> CircuitBreaker {
+        CircuitBreaker::new(BreakerSettings {
+            threshold,
+            cooldown: Duration::from_secs(30),
+        })
+    }
+
+    #[tokio::test]
+    async fn opens_after_threshold_consecutive_failures() {
+        let breaker = breaker(3);
+        assert!(!breaker.record_failure());
+        assert!(!breaker.record_failure());
+        breaker.record_success();
+        assert!(!breaker.record_failure());
+        assert!(!breaker.record_failure());
+        assert!(breaker.record_failure());
+        assert!(matches!(breaker.state(), BreakerState::Open { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_after_the_cooldown_decides() {
+        let breaker = breaker(1);
+        assert!(breaker.record_failure());
+        breaker.admitted().await; // paused clock: auto-advances through the cool-down
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.record_failure());
+        assert!(matches!(breaker.state(), BreakerState::Open { .. }));
+        breaker.admitted().await;
+        breaker.record_success();
+        assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
+    }
+}

@@ -1,0 +1,32 @@
+//! Helpers the simulator's tests share: a config without latency and a client
+//! call to the notify endpoint.
+
+use serde_json::json;
+
+use super::{RunningSimulator, SimConfig};
+
+/// The reference provider's behaviour minus its latency, so tests run fast.
+pub(super) fn fast_config() -> SimConfig {
+    SimConfig {
+        latency_min_ms: 0,
+        latency_max_ms: 0,
+        ..SimConfig::default()
+    }
+}
+
+/// A notify call for request `id` with the right key and no body yet.
+pub(super) fn notify_request(running: &RunningSimulator, id: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(format!("{}/v1/notify", running.url()))
+        .query(&[("priority", "normal"), ("trace_id", id)])
+        .header("X-API-Key", &running.simulator.shared.config.api_key)
+}
+
+/// A valid notify call of type `kind` for request `id`.
+pub(super) async fn notify(running: &RunningSimulator, id: &str, kind: &str) -> reqwest::Response {
+    notify_request(running, id)
+        .json(&json!({"to": "someone@example.com", "message": "hello", "type": kind}))
+        .send()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,25 @@
+//! Logging: human-readable by default, JSON for log collectors. `RUST_LOG`
+//! overrides the default filter.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+const DEFAULT_FILTER: &str = "info,sled=warn,hyper=warn,reqwest=warn";
+
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    if let Err(error) = installed {
+        eprintln!("logging was already set up: {error}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The one way tests start Herald: the real application on a random port,
+//! talking over HTTP to a real provider simulator on another.
+
+#![allow(dead_code)] // each test binary uses its own share of these helpers
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::app::{AppError, Application};
+use herald::config::GatewayConfig;
+use herald::simulator::{RunningSimulator, SimConfig, Simulator};
+use herald::store::Store;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for a request to reach a status before failing.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub provider: Option<RunningSimulator>,
+    pub store: Arc<Store>,
+    pub data_dir: TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+/// A simulator that answers at once and never throttles, unless a test says otherwise.
+pub fn fast_provider() -> SimConfig {
+    SimConfig {
+        window_calls: 1_000_000,
+        latency_min_ms: 0,
+        latency_max_ms: 0,
+        ..SimConfig::default()
+    }
+}
+
+/// Gateway settings for tests: random port, fast pacing, short retry delays.
+pub fn test_config(data_dir: &TempDir, provider_url: &str) -> GatewayConfig {
+    let mut config = GatewayConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = data_dir.path().to_path_buf();
+    config.provider_url = Some(provider_url.to_string());
+    config.rate_per_sec = 1_000.0;
+    config.rate_burst = 100;
+    config.retry_base_ms = 20;
+    config.retry_max_delay_ms = 200;
+    config.request_timeout_ms = 2_000;
+    config.breaker_cooldown_ms = 200;
+    config.shutdown_grace_ms = 2_000;
+    config
+}
+
+/// The app with a fast simulator and test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(fast_provider(), |_| {}).await
+}
+
+/// The app with a simulator configured by `provider` and settings changed by `tweak`.
+pub async fn spawn_app_with(
+    provider: SimConfig,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
+    let provider = Simulator::spawn(provider).await.expect("simulator starts");
+    let url = provider.url();
+    let mut app = spawn_gateway(&url, TempDir::new().unwrap(), tweak).await;
+    app.provider = Some(provider);
+    app
+}
+
+/// The app alone, calling `provider_url` (which may not be listening yet).
+pub async fn spawn_gateway(
+    provider_url: &str,
+    data_dir: TempDir,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
+    let mut config = test_config(&data_dir, provider_url);
+    tweak(&mut config);
+    let app = Application::build(&config).await.expect("app builds");
+    let address = format!("http://{}", app.local_addr().unwrap());
+    let shutdown = app.shutdown_token();
+    let store = app.store();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        provider: None,
+        store,
+        data_dir,
+        shutdown,
+        task,
+    }
+}
+
+/// A loopback address nothing listens on (yet).
+pub fn unused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+pub fn email() -> Value {
+    json!({"to": "user@example.com", "message": "Your code is 1234", "type": "email"})
+}
+
+impl TestApp {
+    pub fn provider(&self) -> &Simulator {
+        &self
+            .provider
+            .as_ref()
+            .expect("this app has a simulator")
+            .simulator
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn create(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/v1/requests", body).await
+    }
+
+    /// Creates a request that must be accepted; returns its id.
+    pub async fn create_ok(&self, body: &Value) -> String {
+        let response = self.create(body).await;
+        assert_eq!(
+            response.status(),
+            201,
+            "create answered {}",
+            response.status()
+        );
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().expect("an id").to_string()
+    }
+
+    pub async fn process(&self, id: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/requests/{id}/process", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates and processes a request; returns its id.
+    pub async fn submit(&self, body: &Value) -> String {
+        let id = self.create_ok(body).await;
+        assert_eq!(self.process(&id).await.status(), 202);
+        id
+    }
+
+    pub async fn status_of(&self, id: &str) -> String {
+        let body: Value = self
+            .get(&format!("/v1/requests/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn events_of(&self, id: &str) -> Vec<Value> {
+        let body: Value = self
+            .get(&format!("/v1/requests/{id}/events"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The `attempt_finished` events of a request, oldest first.
+    pub async fn attempts_of(&self, id: &str) -> Vec<Value> {
+        let events = self.events_of(id).await;
+        events
+            .into_iter()
+            .filter(|e| e["event"] == "attempt_finished")
+            .collect()
+    }
+
+    /// Polls until the request is `sent` or `failed`; returns which.
+    pub async fn wait_until_final(&self, id: &str) -> String {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let status = self.status_of(id).await;
+            if status == "sent" || status == "failed" {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} still {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shuts the app down as SIGTERM would, and checks it stopped cleanly.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.cancel();
+        self.task.await.expect("app task").expect("clean shutdown");
+        self.data_dir
+    }
+}

@@ -1,0 +1,238 @@
+//! The real `herald` binary as a child process: killed with SIGKILL in the
+//! middle of a concurrent load, restarted on the same data directory, it loses
+//! nothing it acknowledged and finishes every request. SIGTERM stops it cleanly.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{SETTLE_TIMEOUT, email, fast_provider, unused_addr};
+use herald::simulator::{SimConfig, Simulator};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const CLIENTS: usize = 32;
+const REQUESTS: usize = 3_000;
+const KILL_AFTER_ACKS: usize = 1_000;
+const MAX_IN_FLIGHT: usize = 8;
+
+struct Herald {
+    child: Child,
+    address: String,
+}
+
+impl Herald {
+    fn start(data_dir: &TempDir, provider_url: &str) -> Self {
+        let listen = unused_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", &listen.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--provider-url", provider_url])
+            .args(["--rate-per-sec", "5000", "--rate-burst", "100"])
+            .args(["--max-in-flight", &MAX_IN_FLIGHT.to_string()])
+            .args(["--retry-base-ms", "20", "--retry-max-delay-ms", "200"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("herald starts");
+        Self {
+            child,
+            address: format!("http://{listen}"),
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) -> Value {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            if let Ok(response) = client.get(format!("{}/ready", self.address)).send().await {
+                if response.status() == 200 {
+                    return response.json().await.unwrap();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "herald never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(result, 0, "signal delivered");
+    }
+}
+
+/// What the clients got acknowledged before the kill.
+#[derive(Default)]
+struct Acknowledged {
+    created: Mutex<Vec<String>>,
+    processed: Mutex<HashSet<String>>,
+    count: AtomicUsize,
+}
+
+async fn client_loop(
+    address: String,
+    client: reqwest::Client,
+    acked: Arc<Acknowledged>,
+    budget: Arc<AtomicUsize>,
+) {
+    while budget.fetch_sub(1, Ordering::SeqCst) > 0 {
+        let Ok(response) = client
+            .post(format!("{address}/v1/requests"))
+            .json(&email())
+            .send()
+            .await
+        else {
+            return; // the server is gone
+        };
+        if response.status() != 201 {
+            return;
+        }
+        let Ok(body) = response.json::<Value>().await else {
+            return;
+        };
+        let id = body["id"].as_str().unwrap().to_string();
+        acked.created.lock().unwrap().push(id.clone());
+        acked.count.fetch_add(1, Ordering::SeqCst);
+        let Ok(response) = client
+            .post(format!("{address}/v1/requests/{id}/process"))
+            .send()
+            .await
+        else {
+            return;
+        };
+        if response.status() == 202 {
+            acked.processed.lock().unwrap().insert(id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
+    let provider = Simulator::spawn(SimConfig {
+        latency_min_ms: 5,
+        latency_max_ms: 30,
+        ..fast_provider()
+    })
+    .await
+    .unwrap();
+    let data_dir = TempDir::new().unwrap();
+    let client = reqwest::Client::new();
+    let mut herald = Herald::start(&data_dir, &provider.url());
+    herald.wait_ready(&client).await;
+
+    let acked = Arc::new(Acknowledged::default());
+    let budget = Arc::new(AtomicUsize::new(REQUESTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(client_loop(
+                herald.address.clone(),
+                client.clone(),
+                acked.clone(),
+                budget.clone(),
+            ))
+        })
+        .collect();
+    while acked.count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    herald.child.kill().expect("SIGKILL sent");
+    herald.child.wait().unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let created = acked.created.lock().unwrap().clone();
+    let processed = acked.processed.lock().unwrap().clone();
+    assert!(created.len() >= KILL_AFTER_ACKS);
+
+    let herald = Herald::start(&data_dir, &provider.url());
+    herald.wait_ready(&client).await;
+    // Every acknowledged create survived; a client whose process call was cut off retries it.
+    for id in &created {
+        let response = client
+            .get(format!("{}/v1/requests/{id}", herald.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "acknowledged request {id} was lost");
+        if !processed.contains(id) {
+            let response = client
+                .post(format!("{}/v1/requests/{id}/process", herald.address))
+                .send()
+                .await
+                .unwrap();
+            assert!([200, 202].contains(&response.status().as_u16()));
+        }
+    }
+    wait_until_drained(&herald, &client).await;
+    for id in &created {
+        let body: Value = client
+            .get(format!("{}/v1/requests/{id}", herald.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["status"], "sent", "{id}");
+        assert!(
+            provider.simulator.deliveries_of(id) >= 1,
+            "{id} never reached the provider"
+        );
+    }
+    let duplicates = provider.simulator.stats().duplicate_deliveries;
+    assert!(
+        duplicates <= MAX_IN_FLIGHT as u64,
+        "{duplicates} duplicate deliveries; at most {MAX_IN_FLIGHT} calls were in flight at the kill"
+    );
+    stop_with_sigterm(herald);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let data_dir = TempDir::new().unwrap();
+    let client = reqwest::Client::new();
+    let herald = Herald::start(&data_dir, &provider.url());
+    herald.wait_ready(&client).await;
+    let response = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(&email())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    stop_with_sigterm(herald);
+}
+
+async fn wait_until_drained(herald: &Herald, client: &reqwest::Client) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let ready = herald.wait_ready(client).await;
+        if ready["pending"] == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox never drained: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn stop_with_sigterm(mut herald: Herald) {
+    herald.signal(libc::SIGTERM);
+    let status = herald.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "herald exited with {status} after SIGTERM"
+    );
+}

@@ -1,0 +1,240 @@
+//! Delivery behaviour against a simulator that fails in scripted ways:
+//! retries, permanent failures, Retry-After, timeouts, outages and priority.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{email, fast_provider, spawn_app_with, spawn_gateway, unused_addr};
+use herald::domain::Channel;
+use herald::simulator::{SimConfig, Simulator};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+fn http_statuses(attempts: &[Value]) -> Vec<u64> {
+    attempts
+        .iter()
+        .map(|a| a["http_status"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn two_500s_then_a_200_is_sent_after_three_attempts() {
+    let provider = SimConfig {
+        fail_first: 2,
+        fail_status: 500,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |_| {}).await;
+    let id = app.submit(&email()).await;
+    assert_eq!(app.wait_until_final(&id).await, "sent");
+    assert_eq!(http_statuses(&app.attempts_of(&id).await), [500, 500, 200]);
+    assert_eq!(app.provider().calls_of(&id).len(), 3);
+    assert_eq!(app.provider().deliveries_of(&id), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_400_fails_after_one_attempt_with_the_answer_in_the_history() {
+    let provider = SimConfig {
+        fail_first: 1,
+        fail_status: 400,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |_| {}).await;
+    let id = app.submit(&email()).await;
+    assert_eq!(app.wait_until_final(&id).await, "failed");
+    let attempts = app.attempts_of(&id).await;
+    assert_eq!(http_statuses(&attempts), [400]);
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 400")
+    );
+    // Give a wrong retry the time it would need, then check there was none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.provider().calls_of(&id).len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_channel_is_a_permanent_failure() {
+    let provider = SimConfig {
+        accepted_types: vec![Channel::Email, Channel::Sms],
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |_| {}).await;
+    let push = app
+        .submit(&json!({"to": "device-token", "message": "hi", "type": "push"}))
+        .await;
+    let sms = app
+        .submit(&json!({"to": "+15550100", "message": "hi", "type": "sms"}))
+        .await;
+    assert_eq!(app.wait_until_final(&push).await, "failed");
+    assert_eq!(app.wait_until_final(&sms).await, "sent");
+    assert_eq!(http_statuses(&app.attempts_of(&push).await), [422]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_delays_the_next_attempt() {
+    let provider = SimConfig {
+        fail_first: 1,
+        fail_status: 429,
+        retry_after_secs: Some(1),
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |_| {}).await;
+    let id = app.submit(&email()).await;
+    assert_eq!(app.wait_until_final(&id).await, "sent");
+
+    let events = app.events_of(&id).await;
+    let first_finished = events
+        .iter()
+        .find(|e| e["event"] == "attempt_finished")
+        .unwrap();
+    let second_started = events
+        .iter()
+        .find(|e| e["event"] == "attempt_started" && e["attempt"] == 2)
+        .unwrap();
+    assert_eq!(first_finished["http_status"], 429);
+    let waited =
+        second_started["at_ms"].as_u64().unwrap() - first_finished["at_ms"].as_u64().unwrap();
+    assert!(
+        waited >= 1_000,
+        "the second attempt came {waited} ms after a Retry-After: 1"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_stop_when_the_retry_budget_is_spent() {
+    let provider = SimConfig {
+        fail_first: 100,
+        fail_status: 503,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |c| {
+        c.max_attempts = 3;
+        c.breaker_threshold = 100;
+    })
+    .await;
+    let id = app.submit(&email()).await;
+    assert_eq!(app.wait_until_final(&id).await, "failed");
+    let attempts = app.attempts_of(&id).await;
+    assert_eq!(http_statuses(&attempts), [503, 503, 503]);
+    assert!(
+        attempts[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("retry budget spent")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_never_answers_is_cut_off_by_the_timeout() {
+    let provider = SimConfig {
+        stall_rate: 1.0,
+        stall_ms: 60_000,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |c| {
+        c.request_timeout_ms = 200;
+        c.max_attempts = 2;
+        c.breaker_threshold = 100;
+    })
+    .await;
+    let id = app.submit(&email()).await;
+    assert_eq!(app.wait_until_final(&id).await, "failed");
+    let attempts = app.attempts_of(&id).await;
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["error"].as_str().unwrap().starts_with("timeout"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
+    let provider_addr = unused_addr();
+    let app = spawn_gateway(
+        &format!("http://{provider_addr}"),
+        TempDir::new().unwrap(),
+        |c| {
+            c.max_attempts = 2; // an outage must not spend the budget
+            c.breaker_threshold = 2;
+            c.breaker_cooldown_ms = 100;
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(app.submit(&email()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for id in &ids {
+        let status = app.status_of(id).await;
+        assert!(
+            status == "processing" || status == "queued",
+            "{id} is {status} during the outage"
+        );
+    }
+
+    let provider = Simulator::spawn_on(provider_addr, fast_provider())
+        .await
+        .unwrap();
+    for id in &ids {
+        assert_eq!(app.wait_until_final(id).await, "sent");
+        assert_eq!(provider.simulator.deliveries_of(id), 1);
+    }
+    let events = app.events_of(&ids[0]).await;
+    assert!(events.iter().any(|e| {
+        e["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("connect"))
+    }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn high_priority_work_queued_later_is_sent_before_normal_work() {
+    // One call at a time, two per second: the backlog waits in the outbox.
+    let app = spawn_app_with(fast_provider(), |c| {
+        c.rate_per_sec = 2.0;
+        c.rate_burst = 1;
+        c.max_in_flight = 1;
+    })
+    .await;
+    let normal =
+        json!({"to": "a@example.com", "message": "n", "type": "email", "priority": "normal"});
+    let high = json!({"to": "b@example.com", "message": "h", "type": "email", "priority": "high"});
+    let low = json!({"to": "c@example.com", "message": "l", "type": "email", "priority": "low"});
+    let mut normals = Vec::new();
+    for _ in 0..4 {
+        normals.push(app.submit(&normal).await);
+    }
+    let low_id = app.submit(&low).await;
+    let highs = [app.submit(&high).await, app.submit(&high).await];
+    for id in normals.iter().chain(&highs).chain([&low_id]) {
+        assert_eq!(app.wait_until_final(id).await, "sent");
+    }
+
+    let order: Vec<String> = app.provider().calls().into_iter().map(|c| c.id).collect();
+    let position = |id: &String| order.iter().position(|o| o == id).unwrap();
+    // At most the first normal can have been leased before the highs arrived.
+    for high in &highs {
+        for normal in &normals[1..] {
+            assert!(position(high) < position(normal), "order: {order:?}");
+        }
+    }
+    assert_eq!(
+        position(&low_id),
+        order.len() - 1,
+        "low goes last: {order:?}"
+    );
+    app.stop().await;
+}
