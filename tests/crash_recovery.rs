@@ -50,10 +50,11 @@ impl Herald {
     async fn wait_ready(&self, client: &reqwest::Client) -> Value {
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
-            if let Ok(response) = client.get(format!("{}/ready", self.address)).send().await {
-                if response.status() == 200 {
-                    return response.json().await.unwrap();
-                }
+            let answer = client.get(format!("{}/ready", self.address)).send().await;
+            if let Ok(response) = answer
+                && response.status() == 200
+            {
+                return response.json().await.unwrap();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
