@@ -133,8 +133,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_MAX_AGE_SECS", default_value_t = 86_400)]
     pub max_age_secs: u64,
 
-    /// Consecutive transient failures that open the circuit breaker.
-    #[arg(long, env = "HERALD_BREAKER_THRESHOLD", default_value_t = 5)]
+    /// Consecutive provider failures (5xx, timeouts, unreachable) that open the circuit breaker.
+    #[arg(long, env = "HERALD_BREAKER_THRESHOLD", default_value_t = 10)]
     pub breaker_threshold: u32,
 
     /// How long an open breaker waits before letting one probe through.

@@ -168,6 +168,7 @@ impl Dispatcher {
     }
 
     async fn drain(&self, mut attempts: JoinSet<()>) {
+        while attempts.try_join_next().is_some() {}
         let in_flight = attempts.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace = ?self.shutdown_grace, "waiting for provider calls to finish");
