@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::GatewayConfig;
 use crate::dispatch::{DispatchError, Dispatcher};
+use crate::instruments;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 /// A gateway that is bound and recovered, ready to run.
@@ -49,6 +52,8 @@ impl Application {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        // Installed first, so the store's recovery at open is counted.
+        let metrics = instruments::install()?;
         let store = Arc::new(Store::open(&config.data_dir)?);
         tracing::info!(
             recovered = store.recovered_at_open(),
@@ -63,6 +68,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
                 outbox_limit: config.outbox_limit,
             },
+            metrics,
         };
         let listener =
             TcpListener::bind(config.listen)

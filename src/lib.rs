@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod instruments;
 pub mod shutdown;
 pub mod simulator;
 pub mod store;

@@ -3,13 +3,16 @@
 mod body;
 mod error;
 mod health;
+mod observe;
 mod requests;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use error::ApiError;
 
@@ -29,6 +32,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub dispatcher: DispatcherHandle,
     pub limits: ApiLimits,
+    pub metrics: PrometheusHandle,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -40,8 +44,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/events", get(requests::events))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(observe::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(body_limit)
+        .layer(middleware::from_fn(observe::track_requests))
         .with_state(state)
 }

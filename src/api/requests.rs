@@ -147,6 +147,9 @@ pub async fn create(
         CreateOutcome::Replayed(id) => (id, true),
     };
     tracing::info!(%id, replayed, "request stored");
+    if !replayed {
+        crate::instruments::request_created();
+    }
     let mut response = (StatusCode::CREATED, Json(Created { id: id.to_string() })).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{id}")) {

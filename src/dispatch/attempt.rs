@@ -11,6 +11,7 @@ use super::pacer::Pacer;
 use super::provider::{CallOutcome, ProviderClient};
 use super::retry::RetryPolicy;
 use crate::domain::now_ms;
+use crate::instruments;
 use crate::store::{AttemptReport, Decision, Lease, Store, StoreError};
 
 /// How long a `429` without `Retry-After` holds every call.
@@ -48,7 +49,13 @@ impl AttemptContext {
             ?decision,
             "provider attempt"
         );
+        instruments::provider_attempt(attempt_outcome(&report, decision), latency);
         self.record(&lease, report, decision).await;
+        match decision {
+            Decision::Sent => instruments::request_finished("sent"),
+            Decision::Failed => instruments::request_finished("failed"),
+            Decision::RetryAt { .. } => {}
+        }
         self.wake.notify_one();
     }
 
@@ -92,6 +99,17 @@ impl AttemptContext {
                 }
             }
         }
+    }
+}
+
+/// The `outcome` label of `herald_provider_attempts_total`.
+fn attempt_outcome(report: &AttemptReport, decision: Decision) -> &'static str {
+    match (decision, report.http_status) {
+        (Decision::Sent, _) => "sent",
+        (Decision::Failed, _) => "failed",
+        (Decision::RetryAt { .. }, Some(429)) => "throttled",
+        (Decision::RetryAt { .. }, None) => "timeout",
+        (Decision::RetryAt { .. }, Some(_)) => "retry",
     }
 }
 

@@ -36,11 +36,13 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(settings: BreakerSettings) -> Self {
-        Self {
+        let breaker = Self {
             settings,
             state: Mutex::new(BreakerState::Closed { failures: 0 }),
             changed: Notify::new(),
-        }
+        };
+        breaker.changed(BreakerState::Closed { failures: 0 });
+        breaker
     }
 
     pub fn state(&self) -> BreakerState {
@@ -57,7 +59,9 @@ impl CircuitBreaker {
                     BreakerState::Closed { .. } => return,
                     BreakerState::Open { until } if Instant::now() >= until => {
                         *state = BreakerState::HalfOpen;
+                        drop(state);
                         tracing::info!("circuit breaker half-open: sending a probe");
+                        self.changed(BreakerState::HalfOpen);
                         return;
                     }
                     BreakerState::Open { until } => Some(until),
@@ -81,8 +85,9 @@ impl CircuitBreaker {
             tracing::info!("circuit breaker closed: the provider answers again");
         }
         *state = BreakerState::Closed { failures: 0 };
+        let now = *state;
         drop(state);
-        self.changed.notify_waiters();
+        self.changed(now);
     }
 
     /// The provider failed (5xx, timeout, unreachable). Returns whether the breaker
@@ -102,10 +107,20 @@ impl CircuitBreaker {
                 BreakerState::Open { until: open_until }
             }
         };
-        let open = !matches!(*state, BreakerState::Closed { .. });
+        let now = *state;
         drop(state);
+        self.changed(now);
+        !matches!(now, BreakerState::Closed { .. })
+    }
+
+    /// Publishes the state for `herald_circuit_breaker_state` and wakes the dispatcher.
+    fn changed(&self, state: BreakerState) {
+        crate::instruments::circuit_breaker_state(match state {
+            BreakerState::Closed { .. } => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open { .. } => 2,
+        });
         self.changed.notify_waiters();
-        open
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {

@@ -139,7 +139,9 @@ impl Dispatcher {
         };
         self.wait_for_due_work().await?;
         self.context.breaker.admitted().await;
+        let waiting = std::time::Instant::now();
         self.context.pacer.until_ready().await;
+        crate::instruments::rate_limiter_wait(waiting.elapsed());
         if let Some(lease) = self.context.store.lease_next_due(now_ms())? {
             let span = tracing::info_span!("request", id = %lease.id);
             let context = self.context.clone();

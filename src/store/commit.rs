@@ -70,7 +70,7 @@ async fn run_flusher(db: sled::Db, mut queue: mpsc::UnboundedReceiver<Waiter>) -
         if let Err(error) = &result {
             tracing::error!(%error, waiters = batch.len(), "group commit flush failed");
         }
-        tracing::trace!(waiters = batch.len(), elapsed = ?started.elapsed(), "group commit");
+        crate::instruments::group_commit(batch.len(), started.elapsed());
         stats.flushes += 1;
         stats.waiters_served += batch.len() as u64;
         for waiter in batch.drain(..) {

@@ -13,22 +13,25 @@
 
 mod codec;
 mod commit;
+mod depth;
 mod keys;
 mod records;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
 use sled::{Transactional, Tree};
 
 pub use codec::{CodecError, FORMAT_VERSION, decode, encode};
 pub use commit::{FlushResult, FlushStats, GroupCommit};
+pub use depth::EntryState;
 pub use keys::OutboxKey;
 pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
 
-use crate::domain::{Notification, RequestId, Status, now_ms};
+use crate::domain::{Notification, Priority, RequestId, Status, now_ms};
+use crate::instruments;
+use depth::OutboxDepth;
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
@@ -108,7 +111,7 @@ pub struct Store {
     meta: Tree,
     commit: GroupCommit,
     /// Requests in the outbox or leased: processing asked for, not yet final.
-    pending: AtomicU64,
+    depth: OutboxDepth,
     recovered_at_open: usize,
 }
 
@@ -128,13 +131,16 @@ impl Store {
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
             commit,
-            pending: AtomicU64::new(0),
+            depth: OutboxDepth::default(),
             recovered_at_open: 0,
         };
         let recovered = store.recover_leases()?;
-        let pending = store.outbox.len() as u64;
+        instruments::recovered_leases(recovered);
+        // After recovery nothing is leased: every undelivered entry is in the outbox.
+        let outbox = &store.outbox;
+        let depth = OutboxDepth::starting_at(|p| outbox.scan_prefix([p.rank()]).count() as u64);
         Ok(Self {
-            pending: AtomicU64::new(pending),
+            depth,
             recovered_at_open: recovered,
             ..store
         })
@@ -152,7 +158,7 @@ impl Store {
 
     /// Requests waiting in the outbox or being attempted.
     pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+        self.depth.total()
     }
 
     /// Stores a new `queued` request and waits until it is on disk.
@@ -210,22 +216,26 @@ impl Store {
             |(requests, outbox, events)| {
                 let mut record = get_record(requests, id)?;
                 if record.process_requested_at_ms.is_some() {
-                    return Ok(ProcessOutcome::AlreadyRequested(record.status));
+                    let outcome = ProcessOutcome::AlreadyRequested(record.status);
+                    return Ok((outcome, record.notification.priority));
                 }
                 record.process_requested_at_ms = Some(now);
                 let key = OutboxKey::new(record.notification.priority, now, id);
                 outbox.insert(&key.encode(), &b""[..])?;
                 append_event(events, &mut record, EventKind::ProcessRequested, now)?;
                 put_record(requests, &record)?;
-                Ok(ProcessOutcome::Accepted(record.status))
+                Ok((
+                    ProcessOutcome::Accepted(record.status),
+                    record.notification.priority,
+                ))
             },
         )?;
-        if matches!(outcome, ProcessOutcome::Accepted(_)) {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+        if let ProcessOutcome::Accepted(_) = outcome.0 {
+            self.depth.add(outcome.1, EntryState::Waiting);
         }
         // Also for a repeated call: the first call's write may still be in flight.
         self.durable().await?;
-        Ok(outcome)
+        Ok(outcome.0)
     }
 
     pub fn get(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
@@ -310,6 +320,16 @@ impl Store {
                 }))
             },
         )?;
+        match &lease {
+            Some(lease) => self.depth.moved(
+                lease.notification.priority,
+                EntryState::Waiting,
+                EntryState::Leased,
+            ),
+            None => self
+                .depth
+                .remove(Priority::ALL[usize::from(key.rank)], EntryState::Waiting),
+        }
         Ok(lease)
     }
 
@@ -348,10 +368,13 @@ impl Store {
                 Ok(record.status)
             },
         )?;
-        if status.is_terminal() {
-            let _ = self
-                .pending
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let priority = lease.notification.priority;
+        match decision {
+            Decision::RetryAt { .. } => {
+                self.depth
+                    .moved(priority, EntryState::Leased, EntryState::Waiting)
+            }
+            Decision::Sent | Decision::Failed => self.depth.remove(priority, EntryState::Leased),
         }
         self.durable().await?;
         Ok(status)
@@ -365,7 +388,7 @@ impl Store {
         for entry in self.leases.iter() {
             let (id_bytes, key_bytes) = entry?;
             let leased_from = decode_outbox_key(&key_bytes)?;
-            (&self.leases, &self.outbox, &self.requests, &self.events).transaction(
+            let priority = (&self.leases, &self.outbox, &self.requests, &self.events).transaction(
                 |(leases, outbox, requests, events)| {
                     leases.remove(&id_bytes)?;
                     let key = OutboxKey {
@@ -375,9 +398,12 @@ impl Store {
                     outbox.insert(&key.encode(), &b""[..])?;
                     let mut record = get_record(requests, key.id)?;
                     append_event(events, &mut record, EventKind::LeaseRecovered, now)?;
-                    put_record(requests, &record)
+                    put_record(requests, &record)?;
+                    Ok(record.notification.priority)
                 },
             )?;
+            self.depth
+                .moved(priority, EntryState::Leased, EntryState::Waiting);
             recovered += 1;
         }
         Ok(recovered)

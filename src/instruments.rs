@@ -1,0 +1,88 @@
+//! Prometheus metrics: the recorder, and one function per thing Herald
+//! measures, so every metric's name and labels are written in one place
+//! (and listed for operators in `docs/metrics.md`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: fine below 10 ms where the API lives, coarse
+/// up to the provider's timeouts.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// Installs the process-wide recorder once; later calls return the same handle
+/// (tests start several gateways in one process, some at the same moment).
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let mut installed = RECORDER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("herald_group_commit_batch_size".into()),
+            BATCH_BUCKETS,
+        )?
+        .install_recorder()?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+/// The text exposition of every metric.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let labels = [("method", method.to_string()), ("route", route.to_string())];
+    counter!("herald_http_requests_total", "method" => method.to_string(), "route" => route.to_string(), "status" => status.to_string()).increment(1);
+    histogram!("herald_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+pub fn request_created() {
+    counter!("herald_requests_created_total").increment(1);
+}
+
+pub fn request_finished(status: &'static str) {
+    counter!("herald_requests_finished_total", "status" => status).increment(1);
+}
+
+pub fn outbox_depth(priority: &'static str, state: &'static str, depth: u64) {
+    gauge!("herald_outbox_depth", "priority" => priority, "state" => state).set(depth as f64);
+}
+
+pub fn provider_attempt(outcome: &'static str, elapsed: Duration) {
+    counter!("herald_provider_attempts_total", "outcome" => outcome).increment(1);
+    histogram!("herald_provider_call_duration_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn rate_limiter_wait(waited: Duration) {
+    histogram!("herald_rate_limiter_wait_seconds").record(waited.as_secs_f64());
+}
+
+/// 0 closed, 1 half-open, 2 open.
+pub fn circuit_breaker_state(state: u8) {
+    gauge!("herald_circuit_breaker_state").set(f64::from(state));
+}
+
+pub fn group_commit(batch_size: usize, flush: Duration) {
+    histogram!("herald_group_commit_batch_size").record(batch_size as f64);
+    histogram!("herald_group_commit_flush_duration_seconds").record(flush.as_secs_f64());
+}
+
+pub fn recovered_leases(count: usize) {
+    counter!("herald_recovered_leases_total").increment(count as u64);
+}

@@ -1,0 +1,92 @@
+//! `/metrics` exposes every metric `docs/metrics.md` promises, in the
+//! Prometheus text format, with values that follow what happened.
+
+mod common;
+
+use common::{email, fast_provider, spawn_app_with};
+use herald::simulator::SimConfig;
+
+/// Metric names from the table in docs/metrics.md (first column, in backticks).
+fn documented_metrics() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    doc.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(exposition: &str, prefix: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn every_documented_metric_is_exported_and_counts_what_happened() {
+    // The first call of each request fails once, so retries show up too.
+    let provider = SimConfig {
+        fail_first: 1,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |_| {}).await;
+    let id = app.submit(&email()).await;
+    assert_eq!(app.wait_until_final(&id).await, "sent");
+    assert_eq!(app.get("/v1/requests/not-an-id").await.status(), 404);
+
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let exposition = response.text().await.unwrap();
+
+    let documented = documented_metrics();
+    assert!(
+        documented.len() >= 12,
+        "docs/metrics.md lists {documented:?}"
+    );
+    for name in &documented {
+        assert!(
+            exposition
+                .lines()
+                .any(|line| line.starts_with(name.as_str())),
+            "{name} is documented but not exported"
+        );
+    }
+    let created = sample(&exposition, "herald_requests_created_total").unwrap();
+    assert!(created >= 1.0);
+    assert!(
+        sample(
+            &exposition,
+            "herald_provider_attempts_total{outcome=\"retry\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &exposition,
+            "herald_provider_attempts_total{outcome=\"sent\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        exposition.contains("route=\"/v1/requests/{id}\""),
+        "routes are labelled by template"
+    );
+    assert!(exposition.contains("herald_http_request_duration_seconds_bucket"));
+    assert!(
+        !exposition.contains(&id),
+        "request ids never become label values"
+    );
+    app.stop().await;
+}
