@@ -6,6 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::error::Category;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::domain::{Channel, Notification, Priority};
@@ -17,12 +18,21 @@ pub const MAX_MESSAGE_CHARS: usize = 10_000;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// The create body as sent; every field optional so a missing one gets its own message.
-#[derive(Deserialize)]
-struct CreateBody {
+/// The schema attributes describe what a valid body must hold.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = NewRequest, example = json!({"to": "user@example.com", "message": "Your code is 1234", "type": "email"}))]
+pub struct CreateBody {
+    /// Recipient: an e-mail address, a phone number or a device token (1 to 512 characters).
+    #[schema(value_type = String, required = true, max_length = 512)]
     to: Option<String>,
+    /// The text to deliver (1 to 10,000 characters).
+    #[schema(value_type = String, required = true, max_length = 10000)]
     message: Option<String>,
     #[serde(rename = "type")]
+    #[schema(value_type = Channel, required = true)]
     channel: Option<String>,
+    /// Dispatch order; `normal` when absent.
+    #[schema(value_type = Option<Priority>)]
     priority: Option<String>,
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state and the JSON error contract.
 
 mod body;
+mod docs;
 mod error;
 mod health;
 mod observe;
@@ -14,6 +15,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use docs::ApiDoc;
 pub use error::ApiError;
 
 use crate::dispatch::DispatcherHandle;
@@ -45,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(observe::metrics))
+        .route("/openapi.json", get(docs::openapi_json))
+        .route("/docs", get(docs::docs_page))
+        .route("/docs/swagger-ui-bundle.js", get(docs::swagger_ui_js))
+        .route("/docs/swagger-ui.css", get(docs::swagger_ui_css))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(body_limit)

@@ -8,29 +8,30 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::Instrument;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::body::{idempotency_key, parse_create};
-use super::error::ApiError;
+use super::body::{CreateBody, idempotency_key, parse_create};
+use super::error::{ApiError, ErrorBody};
 use crate::domain::{RequestId, Status};
 use crate::store::{CreateOutcome, Event, EventKind, ProcessOutcome, RequestRecord};
 
 /// How long a client should wait before retrying a create refused for a full outbox.
 const OUTBOX_FULL_RETRY_AFTER_SECS: u64 = 5;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Created {
     id: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StatusView {
     id: String,
     status: Status,
 }
 
 /// `GET /v1/requests/{id}`: the contract's `id` and `status`, and a few facts users ask for.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RequestView {
     id: String,
     status: Status,
@@ -65,7 +66,7 @@ impl From<RequestRecord> for RequestView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EventView {
     at_ms: u64,
     status: Status,
@@ -119,13 +120,33 @@ impl From<Event> for EventView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct HistoryView {
     id: String,
     events: Vec<EventView>,
 }
 
-/// `POST /v1/requests`: validate, store durably, answer `201 {"id"}`.
+/// Create a notification request.
+///
+/// The request is on disk (fsync) before the `201`. Nothing invalid is stored.
+#[utoipa::path(
+    post,
+    path = "/v1/requests",
+    tag = "requests",
+    request_body = CreateBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Same key and body: the original id again. Same key, other body: 409.")),
+    responses(
+        (status = 201, description = "Stored durably", body = Created,
+            headers(("Location" = String, description = "The request's URL"))),
+        (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
+        (status = 409, description = "Idempotency key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 503, description = "Outbox full (with Retry-After) or storage unavailable", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -161,8 +182,21 @@ pub async fn create(
     Ok(response)
 }
 
-/// `POST /v1/requests/{id}/process`: `202` when the request entered the
-/// outbox now, `200` with its current status when it had before.
+/// Ask for delivery.
+///
+/// `202` when the request entered the outbox now; `200` with its current
+/// status when delivery had been asked for before. It is never sent twice.
+#[utoipa::path(
+    post,
+    path = "/v1/requests/{id}/process",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request id")),
+    responses(
+        (status = 202, description = "Delivery starts", body = StatusView),
+        (status = 200, description = "Delivery was already asked for", body = StatusView),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 pub async fn process(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -187,7 +221,17 @@ pub async fn process(
     .await
 }
 
-/// `GET /v1/requests/{id}`.
+/// A request's status.
+#[utoipa::path(
+    get,
+    path = "/v1/requests/{id}",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request id")),
+    responses(
+        (status = 200, description = "The request", body = RequestView),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -200,7 +244,17 @@ pub async fn status(
     Ok(Json(record.into()))
 }
 
-/// `GET /v1/requests/{id}/events`: every transition and attempt, oldest first.
+/// A request's history: every transition and provider attempt, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/requests/{id}/events",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request id")),
+    responses(
+        (status = 200, description = "The history", body = HistoryView),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

@@ -1,0 +1,79 @@
+//! The API's own description: the OpenAPI 3 document generated from the
+//! handlers' annotations (`/openapi.json`), and a `/docs` page that renders it
+//! with Swagger UI. The page's assets are compiled into the binary
+//! (`assets/swagger-ui/`), so it works with no internet access.
+
+use axum::Json;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use utoipa::OpenApi;
+
+use super::{error, health, observe, requests};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "A durable notification gateway: requests are stored before they are acknowledged, \
+                       delivered to the provider under a rate limit, retried on transient failures."
+    ),
+    paths(
+        requests::create,
+        requests::process,
+        requests::status,
+        requests::events,
+        health::health,
+        health::ready,
+        observe::metrics,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    tags(
+        (name = "requests", description = "Notification requests: the client contract"),
+        (name = "operations", description = "Probes and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+const SWAGGER_UI_JS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
+const SWAGGER_UI_CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
+
+const DOCS_PAGE: &str = r##"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Herald API</title>
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#swagger-ui" });
+  </script>
+</body>
+</html>
+"##;
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// `GET /docs`.
+pub async fn docs_page() -> Html<&'static str> {
+    Html(DOCS_PAGE)
+}
+
+pub async fn swagger_ui_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SWAGGER_UI_JS,
+    )
+}
+
+pub async fn swagger_ui_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        SWAGGER_UI_CSS,
+    )
+}
