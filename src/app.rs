@@ -31,6 +31,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    #[error("health check failed: {0}")]
+    Unhealthy(String),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }

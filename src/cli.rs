@@ -1,6 +1,7 @@
 //! What each `herald` subcommand runs.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,24 @@ pub async fn run(command: Command) -> Result<(), AppError> {
             sim,
         } => dev(gateway, sim_listen, sim).await,
         Command::ProviderSim { listen, sim } => provider_sim(listen, sim, signal_token()).await,
+        Command::Healthcheck { url, timeout_ms } => {
+            healthcheck(&url, Duration::from_millis(timeout_ms)).await
+        }
+    }
+}
+
+async fn healthcheck(url: &str, timeout: Duration) -> Result<(), AppError> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|error| AppError::Unhealthy(error.to_string()))?;
+    match client.get(url).send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(AppError::Unhealthy(format!(
+            "{url} answered {}",
+            response.status()
+        ))),
+        Err(error) => Err(AppError::Unhealthy(format!("{url}: {error}"))),
     }
 }
 

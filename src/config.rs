@@ -50,6 +50,15 @@ pub enum Command {
         #[command(flatten)]
         sim: SimConfig,
     },
+    /// Exit 0 when the URL answers 200, 1 otherwise (a container HEALTHCHECK with no curl).
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:5000/health")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+    },
     /// Run only the provider simulator.
     ProviderSim {
         /// Where the simulator listens.

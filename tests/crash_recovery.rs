@@ -1,16 +1,16 @@
 //! The real `herald` binary as a child process: killed with SIGKILL in the
 //! middle of a concurrent load, restarted on the same data directory, it loses
-//! nothing it acknowledged and finishes every request. SIGTERM stops it cleanly.
+//! nothing it acknowledged and finishes every request.
 
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{SETTLE_TIMEOUT, email, fast_provider, unused_addr};
+use common::child::HeraldProcess;
+use common::{SETTLE_TIMEOUT, email, fast_provider};
 use herald::simulator::{SimConfig, Simulator};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -19,57 +19,6 @@ const CLIENTS: usize = 32;
 const REQUESTS: usize = 3_000;
 const KILL_AFTER_ACKS: usize = 1_000;
 const MAX_IN_FLIGHT: usize = 8;
-
-struct Herald {
-    child: Child,
-    address: String,
-}
-
-impl Herald {
-    fn start(data_dir: &TempDir, provider_url: &str) -> Self {
-        let listen = unused_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", &listen.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(["--provider-url", provider_url])
-            .args(["--rate-per-sec", "5000", "--rate-burst", "100"])
-            .args(["--max-in-flight", &MAX_IN_FLIGHT.to_string()])
-            .args(["--retry-base-ms", "20", "--retry-max-delay-ms", "200"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("herald starts");
-        Self {
-            child,
-            address: format!("http://{listen}"),
-        }
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) -> Value {
-        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let answer = client.get(format!("{}/ready", self.address)).send().await;
-            if let Ok(response) = answer
-                && response.status() == 200
-            {
-                return response.json().await.unwrap();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "herald never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
-        let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(result, 0, "signal delivered");
-    }
-}
 
 /// What the clients got acknowledged before the kill.
 #[derive(Default)]
@@ -127,7 +76,9 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
     .unwrap();
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
-    let mut herald = Herald::start(&data_dir, &provider.url());
+    let in_flight = MAX_IN_FLIGHT.to_string();
+    let flags = ["--max-in-flight", in_flight.as_str()];
+    let mut herald = HeraldProcess::start(&data_dir, &provider.url(), &flags);
     herald.wait_ready(&client).await;
 
     let acked = Arc::new(Acknowledged::default());
@@ -154,7 +105,7 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
     let processed = acked.processed.lock().unwrap().clone();
     assert!(created.len() >= KILL_AFTER_ACKS);
 
-    let herald = Herald::start(&data_dir, &provider.url());
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &flags);
     herald.wait_ready(&client).await;
     // Every acknowledged create survived; a client whose process call was cut off retries it.
     for id in &created {
@@ -194,27 +145,10 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
         duplicates <= MAX_IN_FLIGHT as u64,
         "{duplicates} duplicate deliveries; at most {MAX_IN_FLIGHT} calls were in flight at the kill"
     );
-    stop_with_sigterm(herald);
+    assert!(herald.terminate().success());
 }
 
-#[tokio::test]
-async fn sigterm_drains_and_exits_zero() {
-    let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let data_dir = TempDir::new().unwrap();
-    let client = reqwest::Client::new();
-    let herald = Herald::start(&data_dir, &provider.url());
-    herald.wait_ready(&client).await;
-    let response = client
-        .post(format!("{}/v1/requests", herald.address))
-        .json(&email())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    stop_with_sigterm(herald);
-}
-
-async fn wait_until_drained(herald: &Herald, client: &reqwest::Client) {
+async fn wait_until_drained(herald: &HeraldProcess, client: &reqwest::Client) {
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     loop {
         let ready = herald.wait_ready(client).await;
@@ -227,13 +161,4 @@ async fn wait_until_drained(herald: &Herald, client: &reqwest::Client) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn stop_with_sigterm(mut herald: Herald) {
-    herald.signal(libc::SIGTERM);
-    let status = herald.child.wait().unwrap();
-    assert!(
-        status.success(),
-        "herald exited with {status} after SIGTERM"
-    );
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
+pub mod child;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

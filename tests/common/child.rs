@@ -1,0 +1,76 @@
+//! The real `herald` binary as a child process, for the tests that need a
+//! process: kill -9, signals, logs as operators see them.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::{SETTLE_TIMEOUT, unused_addr};
+
+pub struct HeraldProcess {
+    pub child: Child,
+    pub address: String,
+}
+
+impl HeraldProcess {
+    /// Starts `herald serve` on a free port with fast pacing; `extra` flags come last.
+    pub fn start(data_dir: &TempDir, provider_url: &str, extra: &[&str]) -> Self {
+        Self::start_logging(data_dir, provider_url, extra, "warn", Stdio::null())
+    }
+
+    /// As [`HeraldProcess::start`], logging at `filter` (`RUST_LOG`) to `stdout`.
+    pub fn start_logging(
+        data_dir: &TempDir,
+        provider_url: &str,
+        extra: &[&str],
+        filter: &str,
+        stdout: Stdio,
+    ) -> Self {
+        let listen = unused_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", &listen.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--provider-url", provider_url])
+            .args(["--rate-per-sec", "5000", "--rate-burst", "100"])
+            .args(["--retry-base-ms", "20", "--retry-max-delay-ms", "200"])
+            .args(extra)
+            .env("RUST_LOG", filter)
+            .stdout(stdout)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("herald starts");
+        Self {
+            child,
+            address: format!("http://{listen}"),
+        }
+    }
+
+    /// Polls `/ready` until it answers 200; returns its body.
+    pub async fn wait_ready(&self, client: &reqwest::Client) -> Value {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let answer = client.get(format!("{}/ready", self.address)).send().await;
+            if let Ok(response) = answer
+                && response.status() == 200
+            {
+                return response.json().await.unwrap();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "herald never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        let result = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(result, 0, "signal delivered");
+        self.child.wait().unwrap()
+    }
+}

@@ -1,0 +1,146 @@
+//! The binary as operators run it: SIGTERM drains and exits 0, the
+//! `healthcheck` subcommand, and JSON logs that carry the request id.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::child::HeraldProcess;
+use common::{email, fast_provider};
+use herald::simulator::{SimConfig, Simulator};
+use serde_json::Value;
+use tempfile::TempDir;
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
+    // Each provider call takes 300 ms, so the SIGTERM lands mid-call.
+    let provider = Simulator::spawn(SimConfig {
+        latency_min_ms: 300,
+        latency_max_ms: 300,
+        ..fast_provider()
+    })
+    .await
+    .unwrap();
+    let data_dir = TempDir::new().unwrap();
+    let client = reqwest::Client::new();
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    herald.wait_ready(&client).await;
+    let created: Value = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(&email())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let process = format!("{}/v1/requests/{id}/process", herald.address);
+    assert_eq!(client.post(process).send().await.unwrap().status(), 202);
+    while provider.simulator.calls_of(&id).is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    assert!(herald.terminate().success(), "exit 0 after SIGTERM");
+    assert_eq!(
+        provider.simulator.deliveries_of(&id),
+        1,
+        "the call in flight finished"
+    );
+
+    // The outcome was recorded before exit: a restart has nothing left to send.
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    let ready = herald.wait_ready(&client).await;
+    assert_eq!(ready["pending"], 0);
+    let status: Value = client
+        .get(format!("{}/v1/requests/{id}", herald.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "sent");
+    assert!(herald.terminate().success());
+}
+
+#[tokio::test]
+async fn healthcheck_exits_zero_only_when_herald_answers() {
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let data_dir = TempDir::new().unwrap();
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    herald.wait_ready(&reqwest::Client::new()).await;
+    let probe = |url: String| {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["healthcheck", "--url", &url])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(probe(format!("{}/health", herald.address)).success());
+    assert!(!probe(format!("{}/no-such-route", herald.address)).success());
+    let address = herald.address.clone();
+    assert!(herald.terminate().success());
+    assert!(
+        !probe(format!("{address}/health")).success(),
+        "nothing listens any more"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_on_every_line_about_it() {
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let data_dir = TempDir::new().unwrap();
+    let client = reqwest::Client::new();
+    let flags = ["--log-format", "json"];
+    let mut herald =
+        HeraldProcess::start_logging(&data_dir, &provider.url(), &flags, "info", Stdio::piped());
+    let logs = herald.child.stdout.take().unwrap();
+    let collector = std::thread::spawn(move || {
+        std::io::BufReader::new(logs)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    herald.wait_ready(&client).await;
+
+    let created: Value = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(&email())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    client
+        .post(format!("{}/v1/requests/{id}/process", herald.address))
+        .send()
+        .await
+        .unwrap();
+    while provider.simulator.deliveries_of(&id) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(herald.terminate().success());
+
+    let lines: Vec<Value> = collector
+        .join()
+        .unwrap()
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let about_requests = ["request stored", "processing requested", "provider attempt"];
+    for message in about_requests {
+        let line = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no `{message}` line in {lines:?}"));
+        let carried = line["fields"]["id"] == id.as_str() || line["span"]["id"] == id.as_str();
+        assert!(carried, "`{message}` does not carry the id: {line}");
+    }
+}
