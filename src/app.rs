@@ -116,8 +116,21 @@ impl Application {
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "dispatcher task failed");
         }
-        self.store.durable().await?;
-        tracing::info!("store flushed; bye");
+        // The last holder closes the store; an embedder still holding it only gets the flush.
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => {
+                let stats = store.close().await?;
+                tracing::info!(
+                    flushes = stats.flushes,
+                    writes = stats.waiters_served,
+                    "store closed; bye"
+                );
+            }
+            Err(shared) => {
+                shared.durable().await?;
+                tracing::info!("store flushed; bye");
+            }
+        }
         served.map_err(AppError::Serve)
     }
 }

@@ -110,6 +110,7 @@ pub struct Store {
     idempotency: Tree,
     meta: Tree,
     commit: GroupCommit,
+    flusher: tokio::task::JoinHandle<FlushStats>,
     /// Requests in the outbox or leased: processing asked for, not yet final.
     depth: OutboxDepth,
     recovered_at_open: usize,
@@ -122,7 +123,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open()?;
         check_format_version(&db)?;
-        let (commit, _flusher) = GroupCommit::start(db.clone());
+        let (commit, flusher) = GroupCommit::start(db.clone());
         let store = Self {
             requests: db.open_tree("requests")?,
             outbox: db.open_tree("outbox")?,
@@ -131,6 +132,7 @@ impl Store {
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
             commit,
+            flusher,
             depth: OutboxDepth::default(),
             recovered_at_open: 0,
         };
@@ -414,6 +416,18 @@ impl Store {
         self.commit.durable().await.map_err(StoreError::Flush)
     }
 
+    /// Flushes, stops the flusher and releases the database (its lock included).
+    pub async fn close(self) -> Result<FlushStats, StoreError> {
+        self.durable().await?;
+        let Self {
+            commit, flusher, ..
+        } = self;
+        drop(commit);
+        flusher
+            .await
+            .map_err(|error| StoreError::Sled(sled::Error::ReportableBug(error.to_string())))
+    }
+
     /// Whether the database answers reads: the readiness probe's store check.
     pub fn is_healthy(&self) -> bool {
         self.meta.get(FORMAT_VERSION_KEY).is_ok()
@@ -476,4 +490,169 @@ fn append_event(
     events.insert(&key, encode(&event).map_err(abort_with)?)?;
     record.event_count += 1;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Channel;
+
+    fn notification(priority: Priority) -> Notification {
+        Notification {
+            to: "user@example.com".into(),
+            message: "hi".into(),
+            channel: Channel::Email,
+            priority,
+        }
+    }
+
+    async fn processed(store: &Store, priority: Priority) -> RequestId {
+        let CreateOutcome::Created(id) = store.create(notification(priority), None).await.unwrap()
+        else {
+            panic!("created")
+        };
+        store.request_processing(id).await.unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn leases_go_by_priority_then_age_and_skip_entries_not_yet_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let low = processed(&store, Priority::Low).await;
+        let normal = processed(&store, Priority::Normal).await;
+        let high = processed(&store, Priority::High).await;
+        let now = now_ms() + 1;
+        let order: Vec<RequestId> = (0..3)
+            .map(|_| store.lease_next_due(now).unwrap().unwrap().id)
+            .collect();
+        assert_eq!(order, [high, normal, low]);
+        assert!(store.lease_next_due(now).unwrap().is_none());
+        assert_eq!(store.get(high).unwrap().unwrap().status, Status::Processing);
+        assert_eq!(store.pending(), 3, "leased entries are still pending");
+    }
+
+    #[tokio::test]
+    async fn a_retry_returns_to_the_outbox_and_a_final_outcome_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        let later = now_ms() + 60_000;
+        let report = AttemptReport {
+            attempt: 1,
+            http_status: Some(503),
+            ..AttemptReport::default()
+        };
+        let status = store
+            .finish_attempt(&lease, report, Decision::RetryAt { due_ms: later })
+            .await
+            .unwrap();
+        assert_eq!(status, Status::Processing);
+        assert_eq!(store.next_due_ms().unwrap(), Some(later));
+        assert!(
+            store.lease_next_due(now_ms()).unwrap().is_none(),
+            "not due yet"
+        );
+
+        let lease = store.lease_next_due(later).unwrap().unwrap();
+        assert_eq!(lease.attempt, 2);
+        let report = AttemptReport {
+            attempt: 2,
+            http_status: Some(200),
+            ..AttemptReport::default()
+        };
+        store
+            .finish_attempt(&lease, report, Decision::Sent)
+            .await
+            .unwrap();
+        assert_eq!(store.get(id).unwrap().unwrap().status, Status::Sent);
+        assert_eq!((store.pending(), store.next_due_ms().unwrap()), (0, None));
+        let kinds: Vec<_> = store
+            .events(id)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.status)
+            .collect();
+        use Status::*;
+        assert_eq!(
+            kinds,
+            [Queued, Queued, Processing, Processing, Processing, Sent]
+        );
+    }
+
+    #[tokio::test]
+    async fn leases_left_by_a_crash_return_to_the_outbox_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = processed(&store, Priority::High).await;
+            store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+            store.close().await.unwrap();
+            id // closed with the lease outstanding, as a crash would leave it
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recovered_at_open(), 1);
+        assert_eq!(store.pending(), 1);
+        let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!((lease.id, lease.attempt), (id, 2));
+        let events = store.events(id).unwrap().unwrap();
+        assert!(events.iter().any(|e| e.kind == EventKind::LeaseRecovered));
+    }
+
+    #[tokio::test]
+    async fn processing_twice_and_unknown_ids_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        let again = store.request_processing(id).await.unwrap();
+        assert_eq!(again, ProcessOutcome::AlreadyRequested(Status::Queued));
+        assert_eq!(store.pending(), 1);
+        let unknown = RequestId::new();
+        assert!(matches!(
+            store.request_processing(unknown).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(store.get(unknown).unwrap().is_none());
+        assert!(store.events(unknown).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_bind_one_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store
+            .create(notification(Priority::Normal), Some("k"))
+            .await
+            .unwrap();
+        let CreateOutcome::Created(id) = first else {
+            panic!("created")
+        };
+        let replay = store
+            .create(notification(Priority::Normal), Some("k"))
+            .await
+            .unwrap();
+        assert_eq!(replay, CreateOutcome::Replayed(id));
+        let other = store.create(notification(Priority::High), Some("k")).await;
+        assert!(matches!(other, Err(StoreError::IdempotencyConflict)));
+        assert_eq!(store.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_another_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(FORMAT_VERSION_KEY, &[FORMAT_VERSION + 1])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let refused = Store::open(dir.path());
+        assert!(
+            matches!(refused, Err(StoreError::IncompatibleFormat { found }) if found == FORMAT_VERSION + 1)
+        );
+    }
 }
