@@ -56,7 +56,7 @@ impl Application {
         })?;
         // Installed first, so the store's recovery at open is counted.
         let metrics = instruments::install()?;
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with(&config.data_dir, &config.store_options())?);
         tracing::info!(
             recovered = store.recovered_at_open(),
             pending = store.pending(),

@@ -16,6 +16,7 @@ use crate::dispatch::{
     BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
 };
 use crate::simulator::SimConfig;
+use crate::store::StoreOptions;
 
 /// Where the provider lives when nothing else is said (the compose service name).
 pub const DEFAULT_PROVIDER_URL: &str = "http://provider:3001";
@@ -85,6 +86,10 @@ pub struct GatewayConfig {
     /// Directory of the sled outbox (created if missing).
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Upper bound of the store's page cache, in MiB.
+    #[arg(long, env = "HERALD_STORE_CACHE_MB", default_value_t = 32)]
+    pub store_cache_mb: u64,
 
     /// Base URL of the provider; Herald calls `{url}/v1/notify`. [default: http://provider:3001]
     #[arg(long, env = "PROVIDER_URL")]
@@ -177,6 +182,12 @@ impl GatewayConfig {
 
     pub fn provider_url(&self) -> &str {
         self.provider_url.as_deref().unwrap_or(DEFAULT_PROVIDER_URL)
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            cache_capacity_bytes: self.store_cache_mb * 1024 * 1024,
+        }
     }
 
     pub fn dispatch_settings(&self) -> DispatchSettings {

@@ -101,6 +101,22 @@ pub enum Decision {
     Failed,
 }
 
+/// How the database is tuned.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Upper bound of sled's page cache. sled's own default (1 GiB) would let
+    /// memory grow far past what a sidecar gateway should use.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
 /// The durable outbox. Cheap to share behind an `Arc`.
 pub struct Store {
     requests: Tree,
@@ -121,7 +137,15 @@ impl Store {
     /// returns every lease a crash left behind to the outbox. Starts the flusher,
     /// so it must run inside a tokio runtime.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit tuning.
+    pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .open()?;
         check_format_version(&db)?;
         let (commit, flusher) = GroupCommit::start(db.clone());
         let store = Self {
