@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::child::HeraldProcess;
-use common::{SETTLE_TIMEOUT, email, fast_provider};
-use herald::simulator::{SimConfig, Simulator};
+use common::{SETTLE_TIMEOUT, email, spawn_provider_with_latency};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -67,13 +66,7 @@ async fn client_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
-    let provider = Simulator::spawn(SimConfig {
-        latency_min_ms: 5,
-        latency_max_ms: 30,
-        ..fast_provider()
-    })
-    .await
-    .unwrap();
+    let provider = spawn_provider_with_latency(5, 30).await;
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
     let in_flight = MAX_IN_FLIGHT.to_string();
@@ -109,31 +102,19 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
     herald.wait_ready(&client).await;
     // Every acknowledged create survived; a client whose process call was cut off retries it.
     for id in &created {
-        let response = client
-            .get(format!("{}/v1/requests/{id}", herald.address))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "acknowledged request {id} was lost");
+        let found = herald.request(&client, id).await;
+        assert_eq!(
+            found["id"],
+            id.as_str(),
+            "acknowledged request {id} was lost"
+        );
         if !processed.contains(id) {
-            let response = client
-                .post(format!("{}/v1/requests/{id}/process", herald.address))
-                .send()
-                .await
-                .unwrap();
-            assert!([200, 202].contains(&response.status().as_u16()));
+            assert!([200, 202].contains(&herald.process(&client, id).await));
         }
     }
     wait_until_drained(&herald, &client).await;
     for id in &created {
-        let body: Value = client
-            .get(format!("{}/v1/requests/{id}", herald.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = herald.request(&client, id).await;
         assert_eq!(body["status"], "sent", "{id}");
         assert!(
             provider.simulator.deliveries_of(id) >= 1,

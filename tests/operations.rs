@@ -8,37 +8,21 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::child::HeraldProcess;
-use common::{email, fast_provider};
-use herald::simulator::{SimConfig, Simulator};
+use common::{fast_provider, spawn_provider_with_latency};
+use herald::simulator::Simulator;
 use serde_json::Value;
 use tempfile::TempDir;
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     // Each provider call takes 300 ms, so the SIGTERM lands mid-call.
-    let provider = Simulator::spawn(SimConfig {
-        latency_min_ms: 300,
-        latency_max_ms: 300,
-        ..fast_provider()
-    })
-    .await
-    .unwrap();
+    let provider = spawn_provider_with_latency(300, 300).await;
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
     let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
     herald.wait_ready(&client).await;
-    let created: Value = client
-        .post(format!("{}/v1/requests", herald.address))
-        .json(&email())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
-    let process = format!("{}/v1/requests/{id}/process", herald.address);
-    assert_eq!(client.post(process).send().await.unwrap().status(), 202);
+    let id = herald.create(&client).await;
+    assert_eq!(herald.process(&client, &id).await, 202);
     while provider.simulator.calls_of(&id).is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -54,15 +38,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
     let ready = herald.wait_ready(&client).await;
     assert_eq!(ready["pending"], 0);
-    let status: Value = client
-        .get(format!("{}/v1/requests/{id}", herald.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["status"], "sent");
+    assert_eq!(herald.request(&client, &id).await["status"], "sent");
     assert!(herald.terminate().success());
 }
 
@@ -107,21 +83,8 @@ async fn json_logs_carry_the_request_id_on_every_line_about_it() {
     });
     herald.wait_ready(&client).await;
 
-    let created: Value = client
-        .post(format!("{}/v1/requests", herald.address))
-        .json(&email())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
-    client
-        .post(format!("{}/v1/requests/{id}/process", herald.address))
-        .send()
-        .await
-        .unwrap();
+    let id = herald.create(&client).await;
+    assert_eq!(herald.process(&client, &id).await, 202);
     while provider.simulator.deliveries_of(&id) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -66,6 +66,31 @@ impl HeraldProcess {
         }
     }
 
+    /// Creates the usual test request; returns its id.
+    pub async fn create(&self, client: &reqwest::Client) -> String {
+        let response = client
+            .post(format!("{}/v1/requests", self.address))
+            .json(&super::email())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Asks for delivery; returns the HTTP status.
+    pub async fn process(&self, client: &reqwest::Client, id: &str) -> u16 {
+        let url = format!("{}/v1/requests/{id}/process", self.address);
+        client.post(url).send().await.unwrap().status().as_u16()
+    }
+
+    /// `GET /v1/requests/{id}`'s body.
+    pub async fn request(&self, client: &reqwest::Client, id: &str) -> Value {
+        let url = format!("{}/v1/requests/{id}", self.address);
+        client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
         // SAFETY: kill(2) on our own child's pid has no memory-safety implications.

@@ -41,6 +41,16 @@ pub fn fast_provider() -> SimConfig {
     }
 }
 
+/// A fast simulator whose every call takes `min_ms..=max_ms`.
+pub async fn spawn_provider_with_latency(min_ms: u64, max_ms: u64) -> RunningSimulator {
+    let config = SimConfig {
+        latency_min_ms: min_ms,
+        latency_max_ms: max_ms,
+        ..fast_provider()
+    };
+    Simulator::spawn(config).await.expect("simulator starts")
+}
+
 /// Gateway settings for tests: random port, fast pacing, short retry delays.
 pub fn test_config(data_dir: &TempDir, provider_url: &str) -> GatewayConfig {
     let mut config = GatewayConfig::defaults();
