@@ -167,7 +167,7 @@ pub async fn create(
         CreateOutcome::Created(id) => (id, false),
         CreateOutcome::Replayed(id) => (id, true),
     };
-    tracing::info!(%id, replayed, "request stored");
+    tracing::debug!(%id, replayed, "request stored");
     if !replayed {
         crate::instruments::request_created();
     }
