@@ -55,7 +55,7 @@ async fn serve(config: GatewayConfig) -> Result<(), AppError> {
 async fn dev(
     mut gateway: GatewayConfig,
     sim_listen: SocketAddr,
-    sim: SimConfig,
+    sim: Box<SimConfig>,
 ) -> Result<(), AppError> {
     if gateway.provider_url.is_some() {
         return serve(gateway).await;
@@ -66,7 +66,7 @@ async fn dev(
     tracing::info!(%sim_addr, "provider simulator listening");
     let sim_task = tokio::spawn(simulator::serve(
         listener,
-        Simulator::new(sim),
+        Simulator::new(*sim),
         token.clone().cancelled_owned(),
     ));
     gateway.provider_url = Some(format!("http://127.0.0.1:{}", sim_addr.port()));

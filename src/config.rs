@@ -49,7 +49,7 @@ pub enum Command {
         #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:3001")]
         sim_listen: SocketAddr,
         #[command(flatten)]
-        sim: SimConfig,
+        sim: Box<SimConfig>,
     },
     /// Exit 0 when the URL answers 200, 1 otherwise (a container HEALTHCHECK with no curl).
     Healthcheck {

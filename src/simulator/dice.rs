@@ -35,6 +35,16 @@ impl Dice {
     pub(super) fn between(&self, min: u64, max: u64) -> u64 {
         lock(&self.rng).random_range(min..=max.max(min))
     }
+
+    /// One of `items`, uniformly; `None` when there are none.
+    pub(super) fn pick<T: Copy>(&self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            return None;
+        }
+        items
+            .get(lock(&self.rng).random_range(0..items.len()))
+            .copied()
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +63,8 @@ mod tests {
         let dice = Dice::new(None);
         assert!((0..100).all(|_| (3..=5).contains(&dice.between(3, 5))));
         assert_eq!(dice.between(9, 2), 9);
+        assert!((0..100).all(|_| [500, 503].contains(&dice.pick(&[500, 503]).unwrap())));
+        assert_eq!(dice.pick::<u16>(&[]), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! endpoint, in arrival order, and the counts tests assert on ([`SimStats`],
 //! [`IdStats`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +20,8 @@ pub struct ReceivedCall {
     pub priority: Option<String>,
     /// The status code answered.
     pub status: u16,
+    /// The call stalled (took `stall_ms`) before it was answered.
+    pub stalled: bool,
     /// When the call arrived, in milliseconds since the simulator started.
     pub at_ms: u64,
 }
@@ -42,23 +44,52 @@ pub struct SimStats {
     pub unique_delivered: u64,
     /// 2xx answers beyond the first for the same request id.
     pub duplicate_deliveries: u64,
+    /// The duplicates a stall explains: a caller that timed out on a stalled
+    /// call tries again, so per request id each stalled delivery accounts for
+    /// at most one duplicate. The rest come from elsewhere (say, a crash).
+    pub duplicates_after_stall: u64,
 }
 
 impl SimStats {
     fn of<'a>(calls: impl IntoIterator<Item = &'a ReceivedCall>) -> Self {
         let mut stats = Self::default();
-        let mut delivered_ids = HashSet::new();
+        let mut deliveries_per_id: HashMap<&str, Deliveries> = HashMap::new();
         for call in calls {
             stats.calls_total += 1;
             *stats.by_status.entry(call.status).or_default() += 1;
             if call.is_delivery() {
                 stats.delivered += 1;
-                delivered_ids.insert(call.id.as_str());
+                deliveries_per_id.entry(&call.id).or_default().count(call);
             }
         }
-        stats.unique_delivered = delivered_ids.len() as u64;
-        stats.duplicate_deliveries = stats.delivered - stats.unique_delivered;
+        stats.unique_delivered = deliveries_per_id.len() as u64;
+        for deliveries in deliveries_per_id.values() {
+            stats.duplicate_deliveries += deliveries.duplicates();
+            stats.duplicates_after_stall += deliveries.duplicates_after_stall();
+        }
         stats
+    }
+}
+
+/// The deliveries of one request id.
+#[derive(Default)]
+struct Deliveries {
+    total: u64,
+    stalled: u64,
+}
+
+impl Deliveries {
+    fn count(&mut self, call: &ReceivedCall) {
+        self.total += 1;
+        self.stalled += u64::from(call.stalled);
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.total.saturating_sub(1)
+    }
+
+    fn duplicates_after_stall(&self) -> u64 {
+        self.duplicates().min(self.stalled)
     }
 }
 
@@ -99,21 +130,32 @@ impl Ledger {
 
     pub(super) fn arrive(&self, id: String, priority: Option<String>) -> Arrival {
         Arrival {
-            seq: self.arrivals.fetch_add(1, Ordering::Relaxed),
+            seq: self.arrivals.fetch_add(1, Ordering::SeqCst),
             id,
             priority,
             at_ms: self.started.elapsed().as_millis() as u64,
         }
     }
 
-    pub(super) fn record(&self, arrival: Arrival, status: u16) {
+    pub(super) fn record(&self, arrival: Arrival, status: u16, stalled: bool) {
         let call = ReceivedCall {
             id: arrival.id,
             priority: arrival.priority,
             status,
+            stalled,
             at_ms: arrival.at_ms,
         };
         lock(&self.answered).insert(arrival.seq, call);
+    }
+
+    /// Calls that have arrived and are not answered yet.
+    pub(super) fn in_progress(&self) -> u64 {
+        // Read the answers first: a call answered in between then counts as
+        // still in progress, never as a negative.
+        let answered = lock(&self.answered).len() as u64;
+        self.arrivals
+            .load(Ordering::SeqCst)
+            .saturating_sub(answered)
     }
 
     pub(super) fn calls(&self) -> Vec<ReceivedCall> {
@@ -152,7 +194,7 @@ mod tests {
         let ledger = Ledger::new();
         for (id, status) in answers {
             let arrival = ledger.arrive(id.to_string(), Some("high".into()));
-            ledger.record(arrival, *status);
+            ledger.record(arrival, *status, false);
         }
         ledger
     }
@@ -169,15 +211,38 @@ mod tests {
         assert_eq!(stats.delivered, 3);
         assert_eq!(stats.unique_delivered, 2);
         assert_eq!(stats.duplicate_deliveries, 1);
+        assert_eq!(stats.duplicates_after_stall, 0);
     }
 
     #[test]
-    fn calls_keep_arrival_order_whatever_the_answer_order() {
+    fn each_stalled_delivery_explains_at_most_one_duplicate() {
+        let ledger = Ledger::new();
+        let answers = [
+            ("timed-out-once", true),
+            ("timed-out-once", false),
+            ("timed-out-then-crashed", true),
+            ("timed-out-then-crashed", false),
+            ("timed-out-then-crashed", false),
+            ("stalled-alone", true),
+        ];
+        for (id, stalled) in answers {
+            let arrival = ledger.arrive(id.into(), None);
+            ledger.record(arrival, 200, stalled);
+        }
+        let stats = ledger.stats();
+        assert_eq!(stats.duplicate_deliveries, 3);
+        assert_eq!(stats.duplicates_after_stall, 2);
+    }
+
+    #[test]
+    fn answers_in_any_order_keep_arrival_order_and_count_down_progress() {
         let ledger = Ledger::new();
         let first = ledger.arrive("slow".into(), None);
         let second = ledger.arrive("fast".into(), None);
-        ledger.record(second, 200);
-        ledger.record(first, 200);
+        assert_eq!(ledger.in_progress(), 2);
+        ledger.record(second, 200, false);
+        assert_eq!(ledger.in_progress(), 1);
+        ledger.record(first, 200, false);
         let ids: Vec<String> = ledger.calls().into_iter().map(|call| call.id).collect();
         assert_eq!(ids, ["slow", "fast"]);
     }

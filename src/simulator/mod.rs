@@ -1,17 +1,22 @@
 //! A local stand-in for the external notification provider Herald delivers
 //! to: by default it behaves like the reference provider (50 calls per sliding
-//! 10 s, 50 at once, 100-500 ms each), flags make it misbehave on demand, and
-//! its ledger tells tests what it received per request id.
+//! 10 s, 50 at once, 100-500 ms each), a [`Profile`] or single flags make it
+//! misbehave on demand (errors, throttling, stalls, outages), and its ledger
+//! tells tests and drills what it received per request id.
 //!
 //! This module owns the [`Simulator`] handle, its router and how it is served
-//! ([`serve`], [`Simulator::spawn`]); the endpoint itself lives in `notify`.
+//! ([`serve`], [`Simulator::spawn`]); the endpoint itself lives in `notify`,
+//! the outage windows in `outage`.
 
 mod answer;
 mod capacity;
 mod config;
 mod dice;
+mod error_statuses;
 mod ledger;
 mod notify;
+mod outage;
+mod profile;
 #[cfg(test)]
 mod testing;
 mod validation;
@@ -29,7 +34,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use config::SimConfig;
+pub use error_statuses::ErrorStatuses;
 pub use ledger::{IdStats, ReceivedCall, SimStats};
+pub use outage::OutagePlan;
+pub use profile::Profile;
 
 use capacity::Capacity;
 use dice::Dice;
@@ -118,6 +126,11 @@ impl Simulator {
         })
     }
 
+    /// Calls received and not answered yet (a stalled one may take a while).
+    pub fn calls_in_progress(&self) -> u64 {
+        self.shared.ledger.in_progress()
+    }
+
     /// Every call received, in arrival order.
     pub fn calls(&self) -> Vec<ReceivedCall> {
         self.shared.ledger.calls()
@@ -165,15 +178,15 @@ impl RunningSimulator {
 }
 
 /// Serves until `shutdown` resolves (used by the `provider-sim` CLI subcommand
-/// and `herald dev`), then lets the calls in flight finish.
+/// and `herald dev`), refusing connections during the configured outages,
+/// then lets the calls in flight finish.
 pub async fn serve(
     listener: TcpListener,
     simulator: Simulator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, simulator.router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let plan = simulator.shared.config.outages.as_deref().copied();
+    outage::serve_in_spells(listener, simulator.router(), plan, shutdown).await
 }
 
 async fn stats(State(simulator): State<Simulator>) -> Json<SimStats> {

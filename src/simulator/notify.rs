@@ -1,6 +1,6 @@
 //! `POST /v1/notify`: the order in which the provider screens a call
 //! (key, input, scripted failures, throttling, capacity) and how it serves an
-//! admitted one (latency or stall, then an error share or a delivery).
+//! admitted one (latency or stall, then an error status or a delivery).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,9 +55,10 @@ pub(super) async fn notify(
     // timeout), so the work runs in its own task: it still lands in the ledger
     // and may still deliver, as a real provider would.
     let work = tokio::spawn(async move {
-        let answer = answer(&shared, &call).await;
-        shared.ledger.record(arrival, answer.status().as_u16());
-        answer
+        let reply = answer(&shared, &call).await;
+        let status = reply.answer.status().as_u16();
+        shared.ledger.record(arrival, status, reply.stalled);
+        reply.answer
     });
     match work.await {
         Ok(answer) => answer.into_response(),
@@ -76,10 +77,20 @@ fn request_id(headers: &HeaderMap, trace_id: Option<String>) -> String {
         .unwrap_or_else(|| ANONYMOUS_ID.to_owned())
 }
 
-async fn answer(shared: &Shared, call: &Call) -> Answer {
+/// An answer, and whether the call stalled before it (the ledger keeps that:
+/// a caller that timed out on a stall tries again, which explains a duplicate).
+struct Reply {
+    answer: Answer,
+    stalled: bool,
+}
+
+async fn answer(shared: &Shared, call: &Call) -> Reply {
     match screen(shared, call) {
         Ok(()) => serve_admitted(shared).await,
-        Err(refusal) => refusal,
+        Err(refusal) => Reply {
+            answer: refusal,
+            stalled: false,
+        },
     }
 }
 
@@ -124,10 +135,11 @@ fn detail(status: StatusCode, message: &str) -> Answer {
 }
 
 /// Holds a service slot for the call's latency (or stall), then answers.
-async fn serve_admitted(shared: &Shared) -> Answer {
+async fn serve_admitted(shared: &Shared) -> Reply {
     let config = &shared.config;
     let _slot = shared.capacity.service_slot().await;
-    let delay_ms = if shared.dice.chance(config.stall_rate) {
+    let stalled = shared.dice.chance(config.stall_rate);
+    let delay_ms = if stalled {
         config.stall_ms
     } else {
         shared
@@ -135,11 +147,23 @@ async fn serve_admitted(shared: &Shared) -> Answer {
             .between(config.latency_min_ms, config.latency_max_ms)
     };
     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-    if shared.dice.chance(config.error_rate) {
-        Answer::error(StatusCode::INTERNAL_SERVER_ERROR)
+    let answer = if shared.dice.chance(config.error_rate) {
+        Answer::error(error_status(shared))
     } else {
         Answer::delivered(shared.next_provider_id())
-    }
+    };
+    Reply { answer, stalled }
+}
+
+/// One of the configured error statuses; the provider's usual 500 when the
+/// set (built in code, where the CLI's check does not apply) is empty.
+fn error_status(shared: &Shared) -> StatusCode {
+    shared
+        .config
+        .error_statuses
+        .pick(&shared.dice)
+        .and_then(|status| StatusCode::from_u16(status).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The scripted failures: the first `limit` screened calls of each request id
@@ -185,7 +209,7 @@ mod tests {
 
     use crate::domain::Channel;
     use crate::simulator::testing::{fast_config, notify, notify_request};
-    use crate::simulator::{RunningSimulator, SimConfig, Simulator};
+    use crate::simulator::{ErrorStatuses, RunningSimulator, SimConfig, Simulator};
 
     async fn statuses(running: &RunningSimulator, id: &str, calls: usize) -> Vec<u16> {
         let mut statuses = Vec::new();
@@ -372,6 +396,34 @@ mod tests {
         let body: serde_json::Value = failed.json().await.unwrap();
         assert_eq!(body, json!({"error": "External server error"}));
         assert_eq!(running.simulator.stats().by_status.get(&500), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn errors_are_drawn_from_the_configured_statuses() {
+        let config = SimConfig {
+            error_rate: 1.0,
+            error_statuses: ErrorStatuses::of(&[502, 503]).unwrap(),
+            seed: Some(3),
+            ..fast_config()
+        };
+        let running = Simulator::spawn(config).await.unwrap();
+        let answered = statuses(&running, "e", 40).await;
+        assert!(answered.contains(&502) && answered.contains(&503));
+        assert!(answered.iter().all(|status| [502, 503].contains(status)));
+    }
+
+    #[tokio::test]
+    async fn the_ledger_marks_stalled_calls() {
+        let config = SimConfig {
+            stall_rate: 1.0,
+            stall_ms: 0,
+            ..fast_config()
+        };
+        let running = Simulator::spawn(config).await.unwrap();
+        statuses(&running, "s", 2).await;
+        let calls = running.simulator.calls_of("s");
+        assert!(calls.iter().all(|call| call.stalled));
+        assert_eq!(running.simulator.stats().duplicates_after_stall, 1);
     }
 
     #[tokio::test]

@@ -2,8 +2,13 @@
 //! outbox, or leased by an attempt): the outbox bound, `/ready` and the
 //! `herald_outbox_depth` gauges read them. Counted once at open, then kept
 //! up to date by every transition.
+//!
+//! Counts are updated after the transaction that caused them commits, so a
+//! concurrent transition can be counted first (a lease of an entry whose
+//! `process` has not been counted yet). Signed counters absorb that order; a
+//! count is clamped at zero only when read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::domain::Priority;
 use crate::instruments;
@@ -37,7 +42,7 @@ impl EntryState {
 #[derive(Default)]
 pub struct OutboxDepth {
     /// Indexed by priority rank, then state.
-    counts: [[AtomicU64; 2]; 3],
+    counts: [[AtomicI64; 2]; 3],
 }
 
 impl OutboxDepth {
@@ -45,9 +50,10 @@ impl OutboxDepth {
     pub fn starting_at(waiting: impl Fn(Priority) -> u64) -> Self {
         let depth = Self::default();
         for &priority in Priority::ALL {
+            let count = i64::try_from(waiting(priority)).unwrap_or(i64::MAX);
             depth
                 .slot(priority, EntryState::Waiting)
-                .store(waiting(priority), Ordering::Relaxed);
+                .store(count, Ordering::Relaxed);
             for state in EntryState::ALL {
                 depth.publish(priority, state);
             }
@@ -61,10 +67,7 @@ impl OutboxDepth {
     }
 
     pub fn remove(&self, priority: Priority, state: EntryState) {
-        // Saturating: a count must never wrap, whatever the order of updates.
-        let _ =
-            self.slot(priority, state)
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.slot(priority, state).fetch_sub(1, Ordering::Relaxed);
         self.publish(priority, state);
     }
 
@@ -75,20 +78,26 @@ impl OutboxDepth {
 
     /// Every undelivered request, whatever its priority or state.
     pub fn total(&self) -> u64 {
-        self.counts
+        let sum: i64 = self
+            .counts
             .iter()
             .flatten()
             .map(|count| count.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        u64::try_from(sum).unwrap_or(0)
     }
 
-    fn slot(&self, priority: Priority, state: EntryState) -> &AtomicU64 {
+    fn slot(&self, priority: Priority, state: EntryState) -> &AtomicI64 {
         &self.counts[usize::from(priority.rank())][state.index()]
     }
 
     fn publish(&self, priority: Priority, state: EntryState) {
         let value = self.slot(priority, state).load(Ordering::Relaxed);
-        instruments::outbox_depth(priority.as_str(), state.as_str(), value);
+        instruments::outbox_depth(
+            priority.as_str(),
+            state.as_str(),
+            u64::try_from(value).unwrap_or(0),
+        );
     }
 }
 
@@ -97,15 +106,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_follow_transitions_and_never_wrap() {
+    fn counts_follow_transitions() {
         let depth = OutboxDepth::starting_at(|p| if p == Priority::High { 2 } else { 0 });
         assert_eq!(depth.total(), 2);
         depth.moved(Priority::High, EntryState::Waiting, EntryState::Leased);
         depth.add(Priority::Low, EntryState::Waiting);
         assert_eq!(depth.total(), 3);
-        depth.remove(Priority::Normal, EntryState::Leased);
-        assert_eq!(depth.total(), 3);
         depth.remove(Priority::High, EntryState::Leased);
         assert_eq!(depth.total(), 2);
+    }
+
+    #[test]
+    fn a_transition_counted_before_its_cause_settles_at_the_right_count() {
+        // A lease counted before the `process` that put the entry in the outbox.
+        let depth = OutboxDepth::starting_at(|_| 0);
+        depth.moved(Priority::Normal, EntryState::Waiting, EntryState::Leased);
+        depth.add(Priority::Normal, EntryState::Waiting);
+        assert_eq!(depth.total(), 1);
+        depth.remove(Priority::Normal, EntryState::Leased);
+        assert_eq!(depth.total(), 0);
     }
 }
