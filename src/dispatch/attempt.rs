@@ -14,8 +14,6 @@ use crate::domain::now_ms;
 use crate::instruments;
 use crate::store::{AttemptReport, Decision, Lease, Store, StoreError};
 
-/// How long a `429` without `Retry-After` holds every call.
-const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 /// How long to wait before retrying a failed write of an attempt's outcome.
 const RECORD_RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -62,10 +60,11 @@ impl AttemptContext {
     /// Feeds the outcome to the breaker and the pacer; returns whether the
     /// provider is in an outage (the breaker is open).
     fn update_health(&self, outcome: &CallOutcome) -> bool {
-        if let CallOutcome::Transient { retry_after, .. } = outcome
-            && outcome.is_throttled()
-        {
-            self.pacer.pause(retry_after.unwrap_or(THROTTLE_PAUSE));
+        match outcome {
+            CallOutcome::Transient { retry_after, .. } if outcome.is_throttled() => {
+                self.pacer.throttled(*retry_after);
+            }
+            _ => self.pacer.relieved(),
         }
         if outcome.is_provider_failure() {
             self.breaker.record_failure()

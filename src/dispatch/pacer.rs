@@ -1,5 +1,7 @@
 //! Pacing provider calls: a global governor rate limiter, optional per-channel
-//! limiters on top, and a pause that a `429` imposes on every caller.
+//! limiters on top, and the backpressure `429`s impose on every caller: a pause
+//! (the `Retry-After`, or a second), then a slower pace that each further `429`
+//! halves and each other answer eases back towards the configured rate.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -10,6 +12,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::domain::Channel;
+
+/// How long a `429` without `Retry-After` holds every call.
+const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+/// The slowest pace `429`s can impose: one call per this long.
+const MAX_GAP: Duration = Duration::from_secs(5);
+/// How much each answer that is not a `429` shortens the imposed gap.
+const EASE_FACTOR: f64 = 0.98;
 
 #[derive(Clone, Debug)]
 pub struct RateSettings {
@@ -24,10 +33,21 @@ pub struct RateSettings {
 #[error("rate `{0}` per second is not a positive number")]
 pub struct InvalidRate(f64);
 
+/// What `429`s imposed on top of the configured rate.
+#[derive(Debug)]
+struct Backpressure {
+    paused_until: Option<Instant>,
+    /// Least time between two calls; zero when the configured rate rules.
+    gap: Duration,
+    next_call: Instant,
+}
+
 pub struct Pacer {
     global: DefaultDirectRateLimiter,
     per_channel: HashMap<Channel, DefaultDirectRateLimiter>,
-    paused_until: Mutex<Option<Instant>>,
+    /// The configured rate's own spacing: the gap's starting point and floor.
+    base_gap: Duration,
+    backpressure: Mutex<Backpressure>,
 }
 
 impl Pacer {
@@ -47,15 +67,23 @@ impl Pacer {
         Ok(Self {
             global: limiter(settings.per_sec, burst)?,
             per_channel,
-            paused_until: Mutex::new(None),
+            base_gap: Duration::from_secs_f64(1.0 / settings.per_sec),
+            backpressure: Mutex::new(Backpressure {
+                paused_until: None,
+                gap: Duration::ZERO,
+                next_call: Instant::now(),
+            }),
         })
     }
 
-    /// Waits for a global slot, after any pause a `429` imposed.
+    /// Waits for a global slot: after any pause, at the pace `429`s imposed,
+    /// and within the configured rate.
     pub async fn until_ready(&self) {
         while let Some(until) = self.pause_deadline() {
             tokio::time::sleep_until(until).await;
         }
+        let slot = self.next_slot();
+        tokio::time::sleep_until(slot).await;
         self.global.until_ready().await;
     }
 
@@ -66,28 +94,58 @@ impl Pacer {
         }
     }
 
-    /// The provider said "too many": hold every new call for `pause`.
-    pub fn pause(&self, pause: Duration) {
-        let until = Instant::now() + pause;
-        let mut paused = self.lock();
-        if paused.is_none_or(|current| current < until) {
-            *paused = Some(until);
+    /// The provider said "too many": hold every call for `retry_after` (or a
+    /// second), then go on at half the pace it last accepted.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let until = Instant::now() + retry_after.unwrap_or(THROTTLE_PAUSE);
+        let mut state = self.lock();
+        if state.paused_until.is_none_or(|current| current < until) {
+            state.paused_until = Some(until);
         }
+        state.gap = (state.gap * 2).max(self.base_gap * 2).min(MAX_GAP);
+        tracing::debug!(gap = ?state.gap, "provider throttled: slowing down");
+    }
+
+    /// The provider answered without throttling: ease the imposed pace back.
+    pub fn relieved(&self) {
+        let mut state = self.lock();
+        if state.gap.is_zero() {
+            return;
+        }
+        let eased = state.gap.mul_f64(EASE_FACTOR);
+        state.gap = if eased <= self.base_gap {
+            Duration::ZERO
+        } else {
+            eased
+        };
+    }
+
+    /// The least time between calls that `429`s currently impose.
+    pub fn imposed_gap(&self) -> Duration {
+        self.lock().gap
     }
 
     fn pause_deadline(&self) -> Option<Instant> {
-        let mut paused = self.lock();
-        match *paused {
+        let mut state = self.lock();
+        match state.paused_until {
             Some(until) if until > Instant::now() => Some(until),
             _ => {
-                *paused = None;
+                state.paused_until = None;
                 None
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.paused_until
+    /// Reserves the next call's moment under the imposed gap.
+    fn next_slot(&self) -> Instant {
+        let mut state = self.lock();
+        let slot = state.next_call.max(Instant::now());
+        state.next_call = slot + state.gap;
+        slot
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Backpressure> {
+        self.backpressure
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -124,12 +182,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pause_holds_callers_until_it_ends() {
+    async fn a_429_pauses_every_caller_for_its_retry_after() {
         let pacer = Pacer::new(&settings(1000.0)).unwrap();
-        pacer.pause(Duration::from_secs(2));
-        pacer.pause(Duration::from_millis(10)); // a shorter pause never shortens a longer one
+        pacer.throttled(Some(Duration::from_secs(2)));
+        pacer.throttled(Some(Duration::from_millis(10))); // never shortens a longer pause
         let started = Instant::now();
         pacer.until_ready().await;
         assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_429_halves_the_pace_and_other_answers_ease_it_back() {
+        let pacer = Pacer::new(&settings(100.0)).unwrap(); // 10 ms apart
+        assert_eq!(pacer.imposed_gap(), Duration::ZERO);
+        pacer.throttled(Some(Duration::ZERO));
+        assert_eq!(pacer.imposed_gap(), Duration::from_millis(20));
+        pacer.throttled(Some(Duration::ZERO));
+        assert_eq!(pacer.imposed_gap(), Duration::from_millis(40));
+
+        let started = Instant::now();
+        for _ in 0..3 {
+            pacer.until_ready().await;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(80),
+            "calls keep the imposed gap"
+        );
+
+        for _ in 0..200 {
+            pacer.relieved();
+        }
+        assert_eq!(
+            pacer.imposed_gap(),
+            Duration::ZERO,
+            "back to the configured rate"
+        );
+    }
+
+    #[test]
+    fn the_imposed_pace_has_a_floor() {
+        let pacer = Pacer::new(&settings(100.0)).unwrap();
+        for _ in 0..64 {
+            pacer.throttled(None);
+        }
+        assert_eq!(pacer.imposed_gap(), MAX_GAP);
     }
 }
