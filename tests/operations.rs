@@ -72,8 +72,13 @@ async fn json_logs_carry_the_request_id_on_every_line_about_it() {
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
     let flags = ["--log-format", "json"];
-    let mut herald =
-        HeraldProcess::start_logging(&data_dir, &provider.url(), &flags, "warn,herald=debug", Stdio::piped());
+    let mut herald = HeraldProcess::start_logging(
+        &data_dir,
+        &provider.url(),
+        &flags,
+        "warn,herald=debug",
+        Stdio::piped(),
+    );
     let logs = herald.child.stdout.take().unwrap();
     let collector = std::thread::spawn(move || {
         std::io::BufReader::new(logs)
