@@ -88,7 +88,7 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
 
     /// Upper bound of the store's page cache, in MiB.
-    #[arg(long, env = "HERALD_STORE_CACHE_MB", default_value_t = 32)]
+    #[arg(long, env = "HERALD_STORE_CACHE_MB", default_value_t = 8)]
     pub store_cache_mb: u64,
 
     /// Base URL of the provider; Herald calls `{url}/v1/notify`. [default: http://provider:3001]
