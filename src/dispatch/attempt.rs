@@ -148,7 +148,13 @@ pub fn decide(
         } => {
             report.http_status = status;
             let age = Duration::from_millis(now_ms.saturating_sub(lease.process_requested_at_ms));
-            if outage || policy.allows_retry(lease.attempt, age) {
+            // A 429 says "later", not "broken": it spends no attempts, only age.
+            let budget_left = if status == Some(429) {
+                age < policy.max_age
+            } else {
+                policy.allows_retry(lease.attempt, age)
+            };
+            if outage || budget_left {
                 let delay = policy.delay(lease.attempt, retry_after, &mut rand::rng());
                 report.error = Some(error);
                 Decision::RetryAt {
@@ -271,6 +277,34 @@ mod tests {
             2_000,
         );
         assert!(matches!(decision, Decision::RetryAt { .. }));
+    }
+
+    #[test]
+    fn throttling_spends_no_attempts_only_age() {
+        let throttled = || CallOutcome::Transient {
+            status: Some(429),
+            retry_after: None,
+            error: "HTTP 429".into(),
+        };
+        let (decision, _) = decide(
+            &policy(),
+            &lease(50),
+            throttled(),
+            false,
+            Duration::ZERO,
+            2_000,
+        );
+        assert!(matches!(decision, Decision::RetryAt { .. }));
+        let too_old = 1_000 + policy().max_age.as_millis() as u64;
+        let (decision, _) = decide(
+            &policy(),
+            &lease(2),
+            throttled(),
+            false,
+            Duration::ZERO,
+            too_old,
+        );
+        assert_eq!(decision, Decision::Failed);
     }
 
     #[test]
