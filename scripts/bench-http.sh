@@ -46,11 +46,9 @@ IDLE_WAIT_SECS=${IDLE_WAIT_SECS:-600}
 TARGET_RATIO=0.5
 TARGET_P99_MS=5
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+LOG_PREFIX=bench
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 if ! command -v wrk >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -103,18 +101,6 @@ NOOP_BIN="$TARGET_DIR/release/examples/noop_server"
 [[ -x $HERALD_BIN ]] || die "no $HERALD_BIN after the build"
 [[ -x $NOOP_BIN ]] || die "no $NOOP_BIN after the build"
 
-# Waits until `url` answers 2xx, for at most 15 s.
-wait_ready() {
-  local url=$1 name=$2 pid=$3
-  for _ in $(seq 150); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited early (log in $WORK)"
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  die "$name did not become ready at $url"
-}
 
 # The no-op server has only POST /v1/requests: a valid create is its readiness probe.
 wait_noop() {

@@ -84,11 +84,9 @@ HERALD_BIN="$TARGET_DIR/release/herald"
 K6_SCRIPT="$ROOT/tests/load/herald.js"
 TICK_HZ=$(getconf CLK_TCK)
 
-log() { printf '[load] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+LOG_PREFIX=load
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 command -v curl >/dev/null 2>&1 || die "curl is needed"
 command -v python3 >/dev/null 2>&1 || die "python3 is needed for the report"
@@ -212,18 +210,6 @@ profile_capacity() {
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Waits until `url` answers 2xx, for at most 30 s.
-wait_ready() {
-  local url=$1 name=$2 pid=$3
-  for _ in $(seq 300); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited early (log: $WORK)"
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  die "$name did not become ready at $url"
-}
 
 pending_now() {
   curl -fsS --max-time 5 "http://127.0.0.1:$HERALD_PORT/ready" 2>/dev/null |
@@ -321,8 +307,8 @@ run_scenario() {
   herald_pid=$!
   PIDS+=("$herald_pid")
 
-  wait_ready "http://127.0.0.1:$SIM_PORT/health" provider-sim "$sim_pid"
-  wait_ready "http://127.0.0.1:$HERALD_PORT/ready" herald "$herald_pid"
+  wait_ready "http://127.0.0.1:$SIM_PORT/health" provider-sim "$sim_pid" 30
+  wait_ready "http://127.0.0.1:$HERALD_PORT/ready" herald "$herald_pid" 30
   log "simulator pid $sim_pid, herald pid $herald_pid, data dir $data"
 
   sampler "$timeline" "$herald_pid" "$sim_pid" &

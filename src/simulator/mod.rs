@@ -208,6 +208,10 @@ mod tests {
     use super::testing::{fast_config, notify};
     use super::*;
 
+    async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
+        client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
     #[tokio::test]
     async fn stats_endpoints_report_the_ledger() {
         let running = Simulator::spawn(fast_config()).await.unwrap();
@@ -224,28 +228,14 @@ mod tests {
             .unwrap();
         assert_eq!(health.status(), 200);
 
-        let stats: SimStats = client
-            .get(format!("{}/stats", running.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: SimStats = get_json(&client, &format!("{}/stats", running.url())).await;
         assert_eq!(stats, running.simulator.stats());
         assert_eq!(stats.calls_total, 3);
         assert_eq!(stats.delivered, 3);
         assert_eq!(stats.unique_delivered, 2);
         assert_eq!(stats.duplicate_deliveries, 1);
 
-        let dup: IdStats = client
-            .get(format!("{}/stats/dup", running.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let dup: IdStats = get_json(&client, &format!("{}/stats/dup", running.url())).await;
         assert_eq!(dup.calls, 2);
         assert_eq!(dup.deliveries, 2);
         assert_eq!(dup.statuses, vec![200, 200]);
