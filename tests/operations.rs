@@ -112,3 +112,23 @@ async fn json_logs_carry_the_request_id_on_every_line_about_it() {
         assert!(carried, "`{message}` does not carry the id: {line}");
     }
 }
+
+#[test]
+fn the_readme_run_command_runs_herald() {
+    // `cargo run --release -- dev` needs a default binary: the crate has two.
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        manifest
+            .lines()
+            .any(|line| line.trim() == "default-run = \"herald\"")
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("cargo run --release -- dev"));
+    let version = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("herald "));
+}
