@@ -8,8 +8,10 @@
 //! - `idempotency`: client key → [`IdempotencyRecord`];
 //! - `meta`: the on-disk format version.
 //!
-//! Every state change writes the request, its outbox or lease entry and its event
-//! in one sled transaction; acknowledgements wait for [`GroupCommit`] to make it durable.
+//! Every state change after the create writes the request, its outbox or lease
+//! entry and its event in one sled transaction (a create writes fresh keys with
+//! compare-and-swap: see [`Store::create`]); acknowledgements wait for
+//! [`GroupCommit`] to make them durable.
 
 mod codec;
 mod commit;
