@@ -95,15 +95,22 @@ impl Pacer {
     }
 
     /// The provider said "too many": hold every call for `retry_after` (or a
-    /// second), then go on at half the pace it last accepted.
+    /// second), then go on at half the pace it last accepted. The other calls
+    /// in flight then tend to get a `429` too; answers that arrive while the
+    /// pause holds are the same signal, so they extend the pause but do not
+    /// halve the pace again.
     pub fn throttled(&self, retry_after: Option<Duration>) {
-        let until = Instant::now() + retry_after.unwrap_or(THROTTLE_PAUSE);
+        let now = Instant::now();
+        let until = now + retry_after.unwrap_or(THROTTLE_PAUSE);
         let mut state = self.lock();
+        let same_episode = state.paused_until.is_some_and(|current| current > now);
         if state.paused_until.is_none_or(|current| current < until) {
             state.paused_until = Some(until);
         }
-        state.gap = (state.gap * 2).max(self.base_gap * 2).min(MAX_GAP);
-        tracing::debug!(gap = ?state.gap, "provider throttled: slowing down");
+        if !same_episode {
+            state.gap = (state.gap * 2).max(self.base_gap * 2).min(MAX_GAP);
+            tracing::debug!(gap = ?state.gap, "provider throttled: slowing down");
+        }
     }
 
     /// The provider answered without throttling: ease the imposed pace back.
@@ -197,6 +204,7 @@ mod tests {
         assert_eq!(pacer.imposed_gap(), Duration::ZERO);
         pacer.throttled(Some(Duration::ZERO));
         assert_eq!(pacer.imposed_gap(), Duration::from_millis(20));
+        tokio::time::advance(Duration::from_millis(1)).await;
         pacer.throttled(Some(Duration::ZERO));
         assert_eq!(pacer.imposed_gap(), Duration::from_millis(40));
 
@@ -219,11 +227,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_imposed_pace_has_a_floor() {
+    #[tokio::test(start_paused = true)]
+    async fn the_429s_of_one_episode_halve_the_pace_once() {
+        let pacer = Pacer::new(&settings(100.0)).unwrap();
+        for _ in 0..16 {
+            pacer.throttled(Some(Duration::from_secs(1))); // every call in flight
+        }
+        assert_eq!(pacer.imposed_gap(), Duration::from_millis(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_imposed_pace_has_a_floor() {
         let pacer = Pacer::new(&settings(100.0)).unwrap();
         for _ in 0..64 {
-            pacer.throttled(None);
+            pacer.throttled(Some(Duration::ZERO));
+            tokio::time::advance(Duration::from_millis(1)).await;
         }
         assert_eq!(pacer.imposed_gap(), MAX_GAP);
     }
