@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herald::domain::{RequestId, Status};
-use herald::store::{CodecError, FORMAT_VERSION, RequestRecord, decode, encode};
+use herald::store::{CodecError, RECORD_VERSION, RequestRecord, decode, encode};
 
 fn record() -> RequestRecord {
     RequestRecord {
@@ -39,10 +39,10 @@ fn record() -> RequestRecord {
 fn codec(c: &mut Criterion) {
     let record = record();
     let bytes = encode(&record).expect("encode");
-    assert_eq!(bytes[0], FORMAT_VERSION);
+    assert_eq!(bytes[0], RECORD_VERSION);
     assert_eq!(decode::<RequestRecord>(&bytes).expect("decode"), record);
     let mut future = bytes.clone();
-    future[0] = FORMAT_VERSION + 1;
+    future[0] = RECORD_VERSION + 1;
 
     let mut group = c.benchmark_group("codec");
     group

@@ -7,22 +7,23 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The record format this build writes. Bump it together with a note in `migrations-notes/`.
-pub const FORMAT_VERSION: u8 = 1;
+/// The version byte in front of every record value: the shape of the records
+/// this build writes. Bump it together with a note in `migrations-notes/`.
+pub const RECORD_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("empty record")]
     Empty,
-    #[error("record has format version {found}, this build reads version {FORMAT_VERSION}")]
+    #[error("record has format version {found}, this build reads version {RECORD_VERSION}")]
     UnsupportedVersion { found: u8 },
     #[error("malformed record: {0}")]
     Postcard(#[from] postcard::Error),
 }
 
-/// Encodes `value` as `[FORMAT_VERSION, postcard bytes...]`.
+/// Encodes `value` as `[RECORD_VERSION, postcard bytes...]`.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut bytes = vec![FORMAT_VERSION];
+    let mut bytes = vec![RECORD_VERSION];
     postcard::to_io(value, &mut bytes)?;
     Ok(bytes)
 }
@@ -31,7 +32,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
-        FORMAT_VERSION => Ok(postcard::from_bytes(body)?),
+        RECORD_VERSION => Ok(postcard::from_bytes(body)?),
         found => Err(CodecError::UnsupportedVersion { found }),
     }
 }
@@ -53,17 +54,17 @@ mod tests {
     #[test]
     fn round_trips_with_a_leading_version_byte() {
         let bytes = encode(&sample()).unwrap();
-        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(bytes[0], RECORD_VERSION);
         assert_eq!(decode::<Notification>(&bytes).unwrap(), sample());
     }
 
     #[test]
     fn refuses_unknown_versions() {
         let mut bytes = encode(&sample()).unwrap();
-        bytes[0] = FORMAT_VERSION + 1;
+        bytes[0] = RECORD_VERSION + 1;
         assert!(matches!(
             decode::<Notification>(&bytes),
-            Err(CodecError::UnsupportedVersion { found }) if found == FORMAT_VERSION + 1
+            Err(CodecError::UnsupportedVersion { found }) if found == RECORD_VERSION + 1
         ));
     }
 

@@ -1,7 +1,7 @@
 //! Live counts of undelivered requests by priority and by state (waiting in the
 //! outbox, or leased by an attempt): the outbox bound, `/ready` and the
-//! `herald_outbox_depth` gauges read them. Counted once at open, then kept
-//! up to date by every transition.
+//! `herald_outbox_depth` gauges read them. Started at open from the persisted
+//! per-priority counts (`pending.rs`), then kept up to date by every transition.
 //!
 //! Counts are updated after the transaction that caused them commits, so a
 //! concurrent transition can be counted first (a lease of an entry whose

@@ -6,17 +6,20 @@
 //! - `leases`: request id → the outbox key it was leased from; work an attempt is running on;
 //! - `events`: (request id, sequence) → [`Event`]; the append-only history;
 //! - `idempotency`: client key → [`IdempotencyRecord`];
-//! - `meta`: the on-disk format version.
+//! - `meta`: the on-disk format version and the per-priority counts of
+//!   undelivered requests ([`pending`]).
 //!
 //! Every state change after the create writes the request, its outbox or lease
-//! entry and its event in one sled transaction (a create writes fresh keys with
-//! compare-and-swap: see [`Store::create`]); acknowledgements wait for
-//! [`GroupCommit`] to make them durable.
+//! entry, its event and the counts it changes in one sled transaction (a create
+//! writes one fresh key with compare-and-swap: see [`Store::create`]);
+//! acknowledgements wait for [`GroupCommit`] to make them durable.
 
 mod codec;
 mod commit;
 mod depth;
+mod format;
 mod keys;
+mod pending;
 mod records;
 
 use std::path::Path;
@@ -25,17 +28,16 @@ use std::sync::Arc;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
 use sled::{Transactional, Tree};
 
-pub use codec::{CodecError, FORMAT_VERSION, decode, encode};
+pub use codec::{CodecError, RECORD_VERSION, decode, encode};
 pub use commit::{FlushResult, FlushStats, GroupCommit};
 pub use depth::EntryState;
+pub use format::FORMAT_VERSION;
 pub use keys::OutboxKey;
 pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
 
 use crate::domain::{Notification, Priority, RequestId, Status, now_ms};
 use crate::instruments;
 use depth::OutboxDepth;
-
-const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +55,8 @@ pub enum StoreError {
     Flush(Arc<sled::Error>),
     #[error("corrupt outbox key of {0} bytes")]
     CorruptKey(usize),
+    #[error("corrupt pending count of {0} bytes")]
+    CorruptCount(usize),
     #[error("corrupt record: {0}")]
     Codec(#[from] CodecError),
 }
@@ -148,15 +152,25 @@ impl Store {
             .path(path)
             .cache_capacity(options.cache_capacity_bytes)
             .open()?;
-        check_format_version(&db)?;
+        let (meta, outbox, leases) = (
+            db.open_tree("meta")?,
+            db.open_tree("outbox")?,
+            db.open_tree("leases")?,
+        );
+        let trees = format::Trees {
+            meta: &meta,
+            outbox: &outbox,
+            leases: &leases,
+        };
+        format::check_or_upgrade(&db, &trees)?;
         let (commit, flusher) = GroupCommit::start(db.clone());
         let store = Self {
             requests: db.open_tree("requests")?,
-            outbox: db.open_tree("outbox")?,
-            leases: db.open_tree("leases")?,
+            outbox,
+            leases,
             events: db.open_tree("events")?,
             idempotency: db.open_tree("idempotency")?,
-            meta: db.open_tree("meta")?,
+            meta,
             commit,
             flusher,
             depth: OutboxDepth::default(),
@@ -165,8 +179,8 @@ impl Store {
         let recovered = store.recover_leases()?;
         instruments::recovered_leases(recovered);
         // After recovery nothing is leased: every undelivered entry is in the outbox.
-        let outbox = &store.outbox;
-        let depth = OutboxDepth::starting_at(|p| outbox.scan_prefix([p.rank()]).count() as u64);
+        let pending = pending::load(&store.meta)?;
+        let depth = OutboxDepth::starting_at(|p| pending[usize::from(p.rank())]);
         Ok(Self {
             depth,
             recovered_at_open: recovered,
@@ -196,7 +210,8 @@ impl Store {
     /// serialised creates and held them off during every flush (a third of the
     /// throughput, measured). A create touches keys no one else writes yet,
     /// so compare-and-swap gives what the transaction gave; the one flush
-    /// below covers all of its writes.
+    /// below covers all of its writes. Its `created` event is the record
+    /// itself (see [`Store::events`]): one write per create, not two.
     pub async fn create(
         &self,
         notification: Notification,
@@ -248,18 +263,13 @@ impl Store {
         }
     }
 
-    /// Writes a `queued` request and its `created` event, unless the request
-    /// exists already. History first: a crash in between leaves an event that
-    /// nothing reads, never a request without the start of its history.
+    /// Writes a `queued` request unless it exists already.
     fn insert_new_request(
         &self,
         id: RequestId,
         notification: Notification,
         now: u64,
     ) -> Result<(), StoreError> {
-        if self.requests.contains_key(id.as_bytes())? {
-            return Ok(());
-        }
         let record = RequestRecord {
             id,
             notification,
@@ -271,16 +281,11 @@ impl Store {
             next_attempt_at_ms: None,
             provider_id: None,
             last_error: None,
+            // Sequence 0, `created`, is this record itself.
             event_count: 1,
         };
-        let created = Event {
-            at_ms: now,
-            status: Status::Queued,
-            kind: EventKind::Created,
-        };
-        self.events
-            .insert(keys::event_key(id, 0), encode(&created)?)?;
-        // Compare-and-swap: a concurrent replay of the same key may have written it.
+        // Compare-and-swap: a replay of the same idempotency key may have
+        // written it already, concurrently or before a crash.
         let _ =
             self.requests
                 .compare_and_swap(id.as_bytes(), None::<&[u8]>, Some(encode(&record)?))?;
@@ -291,24 +296,24 @@ impl Store {
     /// until that is on disk. Later calls change nothing.
     pub async fn request_processing(&self, id: RequestId) -> Result<ProcessOutcome, StoreError> {
         let now = now_ms();
-        let outcome = (&self.requests, &self.outbox, &self.events).transaction(
-            |(requests, outbox, events)| {
-                let mut record = get_record(requests, id)?;
-                if record.process_requested_at_ms.is_some() {
-                    let outcome = ProcessOutcome::AlreadyRequested(record.status);
-                    return Ok((outcome, record.notification.priority));
-                }
-                record.process_requested_at_ms = Some(now);
-                let key = OutboxKey::new(record.notification.priority, now, id);
-                outbox.insert(&key.encode(), &b""[..])?;
-                append_event(events, &mut record, EventKind::ProcessRequested, now)?;
-                put_record(requests, &record)?;
-                Ok((
-                    ProcessOutcome::Accepted(record.status),
-                    record.notification.priority,
-                ))
-            },
-        )?;
+        let trees = (&self.requests, &self.outbox, &self.events, &self.meta);
+        let outcome = trees.transaction(|(requests, outbox, events, meta)| {
+            let mut record = get_record(requests, id)?;
+            if record.process_requested_at_ms.is_some() {
+                let outcome = ProcessOutcome::AlreadyRequested(record.status);
+                return Ok((outcome, record.notification.priority));
+            }
+            record.process_requested_at_ms = Some(now);
+            let key = OutboxKey::new(record.notification.priority, now, id);
+            outbox.insert(&key.encode(), &b""[..])?;
+            pending::adjust(meta, record.notification.priority, 1)?;
+            append_event(events, &mut record, EventKind::ProcessRequested, now)?;
+            put_record(requests, &record)?;
+            Ok((
+                ProcessOutcome::Accepted(record.status),
+                record.notification.priority,
+            ))
+        })?;
         if let ProcessOutcome::Accepted(_) = outcome.0 {
             self.depth.add(outcome.1, EntryState::Waiting);
         }
@@ -325,17 +330,25 @@ impl Store {
     }
 
     /// The request's history, oldest first; `None` for an unknown id.
+    ///
+    /// The `created` event is the record itself; only databases first written
+    /// in format 1 store it (as sequence 0), and then it is read as stored.
     pub fn events(&self, id: RequestId) -> Result<Option<Vec<Event>>, StoreError> {
-        if !self.requests.contains_key(id.as_bytes())? {
+        let Some(record) = self.get(id)? else {
             return Ok(None);
+        };
+        let mut history = Vec::with_capacity(record.event_count as usize);
+        if !self.events.contains_key(keys::event_key(id, 0))? {
+            history.push(Event {
+                at_ms: record.created_at_ms,
+                status: Status::Queued,
+                kind: EventKind::Created,
+            });
         }
-        let events = self
-            .events
-            .scan_prefix(id.as_bytes())
-            .values()
-            .map(|bytes| Ok(decode(&bytes?)?))
-            .collect::<Result<Vec<Event>, StoreError>>()?;
-        Ok(Some(events))
+        for bytes in self.events.scan_prefix(id.as_bytes()).values() {
+            history.push(decode(&bytes?)?);
+        }
+        Ok(Some(history))
     }
 
     /// When the earliest outbox entry falls due, whatever its priority.
@@ -368,46 +381,51 @@ impl Store {
     fn lease(&self, key: OutboxKey) -> Result<Option<Lease>, StoreError> {
         let now = now_ms();
         let key_bytes = key.encode();
-        let lease = (&self.outbox, &self.leases, &self.requests, &self.events).transaction(
-            |(outbox, leases, requests, events)| {
-                outbox.remove(&key_bytes)?;
-                let mut record = match requests.get(key.id.as_bytes())? {
-                    Some(bytes) => decode::<RequestRecord>(&bytes).map_err(abort_with)?,
-                    None => {
-                        // An entry without its request cannot be sent: drop it, keep going.
-                        tracing::error!(id = %key.id, "outbox entry without a request; removed");
-                        return Ok(None);
-                    }
-                };
-                record.status = Status::Processing;
-                record.attempts += 1;
-                record.next_attempt_at_ms = None;
-                leases.insert(key.id.as_bytes(), &key_bytes)?;
-                let attempt = record.attempts;
-                append_event(
-                    events,
-                    &mut record,
-                    EventKind::AttemptStarted { attempt },
-                    now,
-                )?;
-                put_record(requests, &record)?;
-                Ok(Some(Lease {
-                    id: record.id,
-                    notification: record.notification,
-                    attempt,
-                    process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
-                }))
-            },
-        )?;
+        let priority = Priority::ALL[usize::from(key.rank)];
+        let trees = (
+            &self.outbox,
+            &self.leases,
+            &self.requests,
+            &self.events,
+            &self.meta,
+        );
+        let lease = trees.transaction(|(outbox, leases, requests, events, meta)| {
+            outbox.remove(&key_bytes)?;
+            let mut record = match requests.get(key.id.as_bytes())? {
+                Some(bytes) => decode::<RequestRecord>(&bytes).map_err(abort_with)?,
+                None => {
+                    // An entry without its request cannot be sent: drop it, keep going.
+                    tracing::error!(id = %key.id, "outbox entry without a request; removed");
+                    pending::adjust(meta, priority, -1)?;
+                    return Ok(None);
+                }
+            };
+            record.status = Status::Processing;
+            record.attempts += 1;
+            record.next_attempt_at_ms = None;
+            leases.insert(key.id.as_bytes(), &key_bytes)?;
+            let attempt = record.attempts;
+            append_event(
+                events,
+                &mut record,
+                EventKind::AttemptStarted { attempt },
+                now,
+            )?;
+            put_record(requests, &record)?;
+            Ok(Some(Lease {
+                id: record.id,
+                notification: record.notification,
+                attempt,
+                process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
+            }))
+        })?;
         match &lease {
             Some(lease) => self.depth.moved(
                 lease.notification.priority,
                 EntryState::Waiting,
                 EntryState::Leased,
             ),
-            None => self
-                .depth
-                .remove(Priority::ALL[usize::from(key.rank)], EntryState::Waiting),
+            None => self.depth.remove(priority, EntryState::Waiting),
         }
         Ok(lease)
     }
@@ -424,30 +442,39 @@ impl Store {
         if let Decision::RetryAt { due_ms } = decision {
             report.next_attempt_at_ms = Some(due_ms);
         }
-        let status = (&self.leases, &self.outbox, &self.requests, &self.events).transaction(
-            |(leases, outbox, requests, events)| {
-                leases.remove(lease.id.as_bytes())?;
-                let mut record = get_record(requests, lease.id)?;
-                match decision {
-                    Decision::Sent => {
-                        record.status = Status::Sent;
-                        record.provider_id = report.provider_id.clone();
-                    }
-                    Decision::Failed => record.status = Status::Failed,
-                    Decision::RetryAt { due_ms } => {
-                        let key = OutboxKey::new(record.notification.priority, due_ms, lease.id);
-                        outbox.insert(&key.encode(), &b""[..])?;
-                        record.next_attempt_at_ms = Some(due_ms);
-                    }
-                }
-                record.last_error = report.error.clone();
-                let event = EventKind::AttemptFinished(report.clone());
-                append_event(events, &mut record, event, now)?;
-                put_record(requests, &record)?;
-                Ok(record.status)
-            },
-        )?;
         let priority = lease.notification.priority;
+        let trees = (
+            &self.leases,
+            &self.outbox,
+            &self.requests,
+            &self.events,
+            &self.meta,
+        );
+        let status = trees.transaction(|(leases, outbox, requests, events, meta)| {
+            leases.remove(lease.id.as_bytes())?;
+            let mut record = get_record(requests, lease.id)?;
+            match decision {
+                Decision::Sent => {
+                    record.status = Status::Sent;
+                    record.provider_id = report.provider_id.clone();
+                    pending::adjust(meta, priority, -1)?;
+                }
+                Decision::Failed => {
+                    record.status = Status::Failed;
+                    pending::adjust(meta, priority, -1)?;
+                }
+                Decision::RetryAt { due_ms } => {
+                    let key = OutboxKey::new(record.notification.priority, due_ms, lease.id);
+                    outbox.insert(&key.encode(), &b""[..])?;
+                    record.next_attempt_at_ms = Some(due_ms);
+                }
+            }
+            record.last_error = report.error.clone();
+            let event = EventKind::AttemptFinished(report.clone());
+            append_event(events, &mut record, event, now)?;
+            put_record(requests, &record)?;
+            Ok(record.status)
+        })?;
         match decision {
             Decision::RetryAt { .. } => {
                 self.depth
@@ -507,22 +534,7 @@ impl Store {
 
     /// Whether the database answers reads: the readiness probe's store check.
     pub fn is_healthy(&self) -> bool {
-        self.meta.get(FORMAT_VERSION_KEY).is_ok()
-    }
-}
-
-fn check_format_version(db: &sled::Db) -> Result<(), StoreError> {
-    let meta = db.open_tree("meta")?;
-    match meta.get(FORMAT_VERSION_KEY)? {
-        Some(version) if version.as_ref() == [FORMAT_VERSION] => Ok(()),
-        Some(version) => Err(StoreError::IncompatibleFormat {
-            found: version.first().copied().unwrap_or(0),
-        }),
-        None => {
-            meta.insert(FORMAT_VERSION_KEY, &[FORMAT_VERSION])?;
-            db.flush()?;
-            Ok(())
-        }
+        self.meta.get(format::FORMAT_VERSION_KEY).is_ok()
     }
 }
 
@@ -739,13 +751,100 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pending_counts_persist_through_every_transition_and_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for priority in [
+                Priority::High,
+                Priority::High,
+                Priority::Normal,
+                Priority::Low,
+            ] {
+                processed(&store, priority).await;
+            }
+            store
+                .create(notification(Priority::Low), None)
+                .await
+                .unwrap();
+            let due = now_ms() + 1;
+            let sent = store.lease_next_due(due).unwrap().unwrap();
+            let report = AttemptReport::default();
+            store
+                .finish_attempt(&sent, report.clone(), Decision::Sent)
+                .await
+                .unwrap();
+            let retried = store.lease_next_due(due).unwrap().unwrap();
+            let retry = Decision::RetryAt { due_ms: due };
+            store
+                .finish_attempt(&retried, report.clone(), retry)
+                .await
+                .unwrap();
+            let failed = store.lease_next_due(due).unwrap().unwrap();
+            store
+                .finish_attempt(&failed, report, Decision::Failed)
+                .await
+                .unwrap();
+            store.lease_next_due(due).unwrap().unwrap();
+            assert_eq!(store.pending(), 2);
+            store.close().await.unwrap(); // one lease outstanding, as a crash leaves it
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recovered_at_open(), 1);
+        assert_eq!(store.pending(), 2);
+        let persisted = pending::load(&store.meta).unwrap();
+        let scanned = pending::count_by_scan(&store.outbox, &store.leases).unwrap();
+        assert_eq!(persisted, scanned);
+        assert_eq!(persisted.iter().sum::<u64>(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_format_1_database_is_upgraded_and_keeps_its_stored_created_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let created_at = 1_700_000_000_000;
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = processed(&store, Priority::High).await;
+            processed(&store, Priority::Low).await;
+            store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+            // What format 1 left: no counts, a stored `created` event, version 1.
+            for &priority in Priority::ALL {
+                store.meta.remove(pending::key(priority)).unwrap();
+            }
+            let created = Event {
+                at_ms: created_at,
+                status: Status::Queued,
+                kind: EventKind::Created,
+            };
+            let event = encode(&created).unwrap();
+            store.events.insert(keys::event_key(id, 0), event).unwrap();
+            let version = format::FORMAT_VERSION_KEY;
+            store.meta.insert(version, &[1]).unwrap();
+            store.close().await.unwrap();
+            id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let version = store.meta.get(format::FORMAT_VERSION_KEY).unwrap();
+        assert_eq!(version.as_deref(), Some(&[FORMAT_VERSION][..]));
+        assert_eq!((store.pending(), store.recovered_at_open()), (2, 1));
+        let events = store.events(id).unwrap().unwrap();
+        let created: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Created)
+            .collect();
+        assert_eq!(created.len(), 1, "{events:?}");
+        assert_eq!(created[0].at_ms, created_at);
+        assert_eq!(events[0].kind, EventKind::Created);
+    }
+
+    #[tokio::test]
     async fn a_database_of_another_format_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
             db.open_tree("meta")
                 .unwrap()
-                .insert(FORMAT_VERSION_KEY, &[FORMAT_VERSION + 1])
+                .insert(format::FORMAT_VERSION_KEY, &[FORMAT_VERSION + 1])
                 .unwrap();
             db.flush().unwrap();
         }
