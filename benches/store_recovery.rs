@@ -1,48 +1,42 @@
 //! Startup: how long `Store::open` takes on a data directory holding 100 000 and
 //! 1 000 000 pending requests. The gateway binds its listener only after
-//! `Store::open` returns, so this is the floor of "restart → /ready answers".
+//! `Store::open` returns, so this is the floor of "restart → /ready answers"
+//! (`scripts/restart-with-pending.sh` times the real binary end to end).
 //!
 //! Fixtures are built with the public API (`create` + `request_processing` over
-//! 256 concurrent tasks, then `lease_next_due` on half of them, as a crash
-//! mid-dispatch would leave them) and closed. Building the 1M one takes minutes,
-//! so fixtures are kept under the target directory (`CARGO_TARGET_TMPDIR`),
-//! keyed by a hash of the store sources that decide the on-disk layout; they are
-//! rebuilt when those change, or when `HERALD_BENCH_REBUILD_FIXTURES=1`. The
-//! build time and size on disk are printed. Every iteration opens a fresh copy
-//! of the pristine fixture (the copy is made outside the timing, and the opened
-//! store is dropped outside the timing), so each open has the same work to do.
-//! The copies sit in the page cache: this is a warm restart (crash or
-//! redeploy), not a cold boot.
+//! 256 concurrent tasks, then `lease_next_due` on 32 of them, the gateway's
+//! default `--max-in-flight`, as a crash mid-dispatch leaves them), all in one
+//! process lifetime, and closed. Building the 1M one takes minutes, so fixtures
+//! are kept under the target directory (`CARGO_TARGET_TMPDIR`), keyed by a hash
+//! of the store sources that decide the on-disk layout; they are rebuilt when
+//! those change, or when `HERALD_BENCH_REBUILD_FIXTURES=1`. The build time and
+//! size on disk are printed. Every iteration opens a fresh copy of the pristine
+//! fixture (the copy is made outside the timing, and the opened store is
+//! dropped outside the timing), so each open has the same work to do. The
+//! copies sit in the page cache: this is a warm restart (crash or redeploy), not
+//! a cold boot.
 //!
-//! - `store_open/{100k,1M}_pending_half_leased`: `Store::open` after a crash:
-//!   sled recovery, the format check, `recover_leases` returning half of the
-//!   entries to the outbox (one transaction each), and the `pending()` count.
-//!   At 1M this takes about a minute per open, too long for ten samples, so by
-//!   default it is timed once and printed (`store_open/1M_pending_half_leased:
-//!   one open took ...`); `HERALD_BENCH_SLOW=1` samples it like the others.
-//! - `store_open/{100k,1M}_pending_none_leased`: `Store::open` after a clean
-//!   stop (the same data once opened and closed): no leases to return.
-//! - `store_open_parts/sled_open_and_trees/*`: sled alone opening the directory
-//!   (with the store's default cache size) and the store's six trees, without
-//!   the store's own start-up work.
-//! - `store_open_parts/pending_count/*`: the `pending()` initialisation (the
-//!   outbox depth per priority), as `Store::open` computes it: one
-//!   `scan_prefix(rank).count()` per priority, together a full scan of the
-//!   outbox tree, timed on a freshly opened sled database.
-//!
-//! The difference between `half_leased` and `none_leased` is the cost of
-//! returning the leases.
+//! - `store_open/{100k,1M}_pending_after_crash`: `Store::open` of the fixture as
+//!   its building process left it: sled replays its whole log (sled 0.34 writes
+//!   its snapshot only when it opens), the format check, the 32 leases returned
+//!   to the outbox, the persisted pending counts read.
+//! - `store_open/{100k,1M}_pending_after_restart`: the same data once opened
+//!   and closed again: sled's snapshot is current, little log to replay.
+//! - `store_open_parts/sled_open_and_trees/*`: sled alone opening the
+//!   after-crash directory (with the store's default cache size) and the
+//!   store's six trees, without the store's own start-up work.
 
 mod common;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use criterion::measurement::WallTime;
 use criterion::{
-    BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+    BatchSize, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
+    criterion_main,
 };
-use herald::domain::Priority;
 use herald::store::{Store, StoreOptions};
 use tempfile::TempDir;
 
@@ -58,19 +52,24 @@ const TREES: [&str; 6] = [
 ];
 
 /// The sources that decide what a data directory holds; a change rebuilds the fixtures.
-const LAYOUT_SOURCES: [&str; 5] = [
+const LAYOUT_SOURCES: [&str; 7] = [
     include_str!("../src/store/mod.rs"),
+    include_str!("../src/store/format.rs"),
+    include_str!("../src/store/pending.rs"),
     include_str!("../src/store/records.rs"),
     include_str!("../src/store/keys.rs"),
     include_str!("../src/store/codec.rs"),
     include_str!("../src/domain.rs"),
 ];
 
-/// A closed data directory after a crash, and the same data after one clean open.
+/// Leases outstanding in the fixture: the gateway's default `--max-in-flight`.
+const LEASED: u64 = 32;
+
+/// A closed data directory after a crash, and the same data after one restart.
 struct Fixture {
     pending: u64,
     after_crash: PathBuf,
-    after_clean_stop: PathBuf,
+    after_restart: PathBuf,
 }
 
 fn load_fixture(pending: u64) -> Fixture {
@@ -82,7 +81,7 @@ fn load_fixture(pending: u64) -> Fixture {
     let fixture = Fixture {
         pending,
         after_crash: dir.join("after_crash"),
-        after_clean_stop: dir.join("after_clean_stop"),
+        after_restart: dir.join("after_restart"),
     };
     let report = dir.join("report.txt");
     let rebuild = std::env::var_os("HERALD_BENCH_REBUILD_FIXTURES").is_some_and(|v| v == "1");
@@ -101,7 +100,7 @@ fn load_fixture(pending: u64) -> Fixture {
     }
     let building = tempfile::tempdir_in(&root).expect("tempdir");
     let after_crash = building.path().join("after_crash");
-    let built = build_recovery_fixture(&after_crash, pending, pending / 2);
+    let built = build_recovery_fixture(&after_crash, pending, LEASED);
     let text = format!(
         "{} pending, {} leased, built in {:.1?} ({:.0} requests/s, each create + \
          request_processing), {:.1} MiB on disk",
@@ -113,12 +112,12 @@ fn load_fixture(pending: u64) -> Fixture {
     );
     println!("fixture (built in {}): {text}", dir.display());
 
-    let after_clean_stop = building.path().join("after_clean_stop");
-    copy_dir(&after_crash, &after_clean_stop);
+    let after_restart = building.path().join("after_restart");
+    copy_dir(&after_crash, &after_restart);
     let rt = runtime();
     rt.block_on(async {
-        let store = Store::open(&after_clean_stop).expect("open fixture copy");
-        assert_eq!(store.recovered_at_open() as u64, pending / 2);
+        let store = Store::open(&after_restart).expect("open fixture copy");
+        assert_eq!(store.recovered_at_open() as u64, LEASED);
         store.close().await.expect("close fixture copy");
     });
     rt.shutdown_timeout(Duration::from_secs(30));
@@ -145,10 +144,6 @@ fn open_copy(rt: &tokio::runtime::Runtime, dir: &TempDir, pending: u64, leased: 
     store
 }
 
-fn slow_runs_wanted() -> bool {
-    std::env::var_os("HERALD_BENCH_SLOW").is_some_and(|v| v == "1")
-}
-
 fn store_open(c: &mut Criterion) {
     start_watchdog(Duration::from_secs(600));
     let rt = runtime();
@@ -157,58 +152,31 @@ fn store_open(c: &mut Criterion) {
         let fixture = || fixture.get_or_init(|| load_fixture(pending));
 
         let mut group = c.benchmark_group("store_open");
-        group
-            .throughput(Throughput::Elements(pending))
-            .sampling_mode(SamplingMode::Flat)
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(1))
-            .measurement_time(Duration::from_secs(5));
-
-        let name = format!("{label}_pending_half_leased");
-        if pending < 1_000_000 || slow_runs_wanted() {
-            group.bench_function(BenchmarkId::from_parameter(&name), |b| {
+        configure(&mut group, pending);
+        let cases = [
+            ("after_crash", LEASED, false),
+            ("after_restart", 0, true),
+        ];
+        for (case, leased, restarted) in cases {
+            let id = BenchmarkId::from_parameter(format!("{label}_pending_{case}"));
+            group.bench_function(id, |b| {
                 let fixture = fixture();
+                let from = if restarted {
+                    &fixture.after_restart
+                } else {
+                    &fixture.after_crash
+                };
                 b.iter_batched(
-                    || fresh_copy(&fixture.after_crash),
-                    |dir| {
-                        let store = open_copy(&rt, &dir, fixture.pending, fixture.pending / 2);
-                        (store, dir)
-                    },
+                    || fresh_copy(from),
+                    |dir| (open_copy(&rt, &dir, fixture.pending, leased), dir),
                     BatchSize::PerIteration,
                 )
             });
-        } else if criterion_filter_matches(&format!("store_open/{name}")) {
-            let fixture = fixture();
-            let dir = fresh_copy(&fixture.after_crash);
-            let started = Instant::now();
-            let store = open_copy(&rt, &dir, fixture.pending, fixture.pending / 2);
-            let took = started.elapsed();
-            drop(store);
-            println!(
-                "store_open/{name}: one open took {took:.2?} ({:.0} leases returned/s); \
-                 not sampled (HERALD_BENCH_SLOW=1 samples it)",
-                (fixture.pending / 2) as f64 / took.as_secs_f64()
-            );
         }
-
-        let id = BenchmarkId::from_parameter(format!("{label}_pending_none_leased"));
-        group.bench_function(id, |b| {
-            let fixture = fixture();
-            b.iter_batched(
-                || fresh_copy(&fixture.after_clean_stop),
-                |dir| (open_copy(&rt, &dir, fixture.pending, 0), dir),
-                BatchSize::PerIteration,
-            )
-        });
         group.finish();
 
         let mut group = c.benchmark_group("store_open_parts");
-        group
-            .throughput(Throughput::Elements(pending))
-            .sampling_mode(SamplingMode::Flat)
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(1))
-            .measurement_time(Duration::from_secs(5));
+        configure(&mut group, pending);
         let cache_capacity = StoreOptions::default().cache_capacity_bytes;
 
         let id = BenchmarkId::new("sled_open_and_trees", format!("{label}_pending"));
@@ -232,66 +200,17 @@ fn store_open(c: &mut Criterion) {
             )
         });
 
-        let id = BenchmarkId::new("pending_count", format!("{label}_pending"));
-        group.bench_function(id, |b| {
-            let fixture = fixture();
-            b.iter_batched(
-                || {
-                    let dir = fresh_copy(&fixture.after_clean_stop);
-                    let db = sled::Config::new()
-                        .path(dir.path())
-                        .cache_capacity(cache_capacity)
-                        .open()
-                        .expect("sled");
-                    let outbox = db.open_tree("outbox").expect("tree");
-                    (outbox, db, dir)
-                },
-                |(outbox, db, dir)| {
-                    let counted: usize = Priority::ALL
-                        .iter()
-                        .map(|priority| outbox.scan_prefix([priority.rank()]).count())
-                        .sum();
-                    assert_eq!(counted as u64, fixture.pending);
-                    (outbox, db, dir)
-                },
-                BatchSize::PerIteration,
-            )
-        });
         group.finish();
     }
 }
 
-/// Whether `cargo bench -- FILTER` selects `id` and asks for real measurements
-/// (not `--list` or `--test`); for work done outside criterion's own filtering.
-fn criterion_filter_matches(id: &str) -> bool {
-    const TAKES_VALUE: [&str; 14] = [
-        "--baseline",
-        "--color",
-        "--confidence-level",
-        "--format",
-        "--load-baseline",
-        "--measurement-time",
-        "--noise-threshold",
-        "--nresamples",
-        "--output-format",
-        "--plotting-backend",
-        "--profile-time",
-        "--sample-size",
-        "--save-baseline",
-        "--warm-up-time",
-    ];
-    let mut filters = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--list" || arg == "--test" {
-            return false;
-        } else if TAKES_VALUE.contains(&arg.as_str()) {
-            args.next();
-        } else if !arg.starts_with('-') {
-            filters.push(arg);
-        }
-    }
-    filters.is_empty() || filters.iter().any(|f| id.contains(f.as_str()))
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>, pending: u64) {
+    group
+        .throughput(Throughput::Elements(pending))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(5));
 }
 
 criterion_group!(benches, store_open);
