@@ -153,10 +153,7 @@ fn store_open(c: &mut Criterion) {
 
         let mut group = c.benchmark_group("store_open");
         configure(&mut group, pending);
-        let cases = [
-            ("after_crash", LEASED, false),
-            ("after_restart", 0, true),
-        ];
+        let cases = [("after_crash", LEASED, false), ("after_restart", 0, true)];
         for (case, leased, restarted) in cases {
             let id = BenchmarkId::from_parameter(format!("{label}_pending_{case}"));
             group.bench_function(id, |b| {
