@@ -2,15 +2,16 @@
 //! on a real sled data directory in a tempdir, inside a multi-threaded tokio
 //! runtime like the gateway's.
 //!
-//! - `durable_create/{1,8,64}_concurrent_writers`: `Store::create` (request +
-//!   `created` event in one transaction) awaited until group commit has made it
-//!   durable, with N tasks creating at once. Reported per create; the
+//! - `durable_create/{1,8,64}_concurrent_writers`: `Store::create` (one
+//!   request record, written with compare-and-swap) awaited until group commit
+//!   has made it durable, with N tasks creating at once. Reported per create; the
 //!   throughput is creates per second.
 //! - `state_transition/lease_and_finish_sent/{1,16}_in_flight`: one request's
 //!   attempt as the dispatcher runs it: `lease_next_due` (outbox → lease,
 //!   request → `processing`, `attempt_started` event, one transaction), then
 //!   `finish_attempt(.., Decision::Sent)` (lease removed, request → `sent`,
-//!   `attempt_finished` event, one transaction) awaited until durable.
+//!   `attempt_finished` event, pending count, one transaction) awaited until
+//!   durable.
 //!   The outbox is refilled before each sample, outside the timing.
 //!
 //! After each of these, the store is closed and the group commit's batching is
