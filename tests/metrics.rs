@@ -37,6 +37,20 @@ async fn every_documented_metric_is_exported_and_counts_what_happened() {
     let id = app.submit(&email()).await;
     assert_eq!(app.wait_until_final(&id).await, "sent");
     assert_eq!(app.get("/v1/requests/not-an-id").await.status(), 404);
+    // `sent` is readable as soon as it is written; the dispatcher counts it
+    // once the write is durable, a moment later.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("herald_requests_finished_total{status=\"sent\"} 1")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "sent never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
