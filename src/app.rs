@@ -1,8 +1,10 @@
-//! Wires the store, the dispatcher and the API together, and owns the
-//! shutdown order: stop accepting, drain provider calls, flush, return.
+//! Wires the store, the dispatcher, the retention sweeper and the API together,
+//! and owns the shutdown order: stop accepting, drain provider calls, flush,
+//! return.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +13,7 @@ use crate::api::{self, ApiLimits, AppState};
 use crate::config::GatewayConfig;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
+use crate::retention;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,7 @@ pub struct Application {
     listener: TcpListener,
     store: Arc<Store>,
     dispatcher: Dispatcher,
+    retention: Duration,
     router: axum::Router,
     shutdown: CancellationToken,
 }
@@ -83,6 +87,7 @@ impl Application {
             listener,
             store,
             dispatcher,
+            retention: Duration::from_secs(config.retention_secs),
             router: api::router(state),
             shutdown: CancellationToken::new(),
         })
@@ -107,6 +112,8 @@ impl Application {
         let addr = self.local_addr().map_err(AppError::Serve)?;
         tracing::info!(%addr, "listening");
         let dispatcher = tokio::spawn(self.dispatcher.run(self.shutdown.clone()));
+        let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
+        let sweeper = tokio::spawn(sweeper);
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
             .await;
@@ -115,6 +122,9 @@ impl Application {
         tracing::info!("stopped accepting; draining");
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "dispatcher task failed");
+        }
+        if let Err(error) = sweeper.await {
+            tracing::error!(%error, "retention task failed");
         }
         // The last holder closes the store; an embedder still holding it only gets the flush.
         match Arc::try_unwrap(self.store) {

@@ -166,6 +166,11 @@ pub struct GatewayConfig {
     /// On SIGTERM/SIGINT, how long in-flight provider calls may take to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// How long a request is kept once `sent` or `failed` (0: forever); then
+    /// it is deleted with its history and idempotency key.
+    #[arg(long, env = "HERALD_RETENTION_SECS", default_value_t = 7 * 86_400)]
+    pub retention_secs: u64,
 }
 
 impl GatewayConfig {

@@ -86,3 +86,7 @@ pub fn group_commit(batch_size: usize, flush: Duration) {
 pub fn recovered_leases(count: usize) {
     counter!("herald_recovered_leases_total").increment(count as u64);
 }
+
+pub fn requests_purged(count: usize) {
+    counter!("herald_requests_purged_total").increment(count as u64);
+}

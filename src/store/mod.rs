@@ -21,6 +21,7 @@ mod format;
 mod keys;
 mod pending;
 mod records;
+mod retention;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,189 @@
+//! Retention: deleting requests that reached a final status long enough ago,
+//! with their history and their idempotency key.
+//!
+//! Request ids are UUIDv7, whose first 48 bits are the creation time in
+//! milliseconds, so the `requests` tree is in creation order and a purge reads
+//! only the part created before its cutoff. A request goes only when it is final
+//! (`sent` or `failed`) and has been since before the cutoff; undelivered work
+//! is kept whatever its age. An idempotency binding goes once its request was
+//! created before the cutoff and no longer exists.
+
+use sled::Transactional;
+
+use super::{IdempotencyRecord, RequestRecord, Store, StoreError, decode, keys};
+
+impl Store {
+    /// Deletes up to `limit` requests that became final before `cutoff_ms`,
+    /// oldest first, with their events, and waits until that is on disk.
+    /// Returns how many went; fewer than `limit` means none is left.
+    pub async fn purge_final_before(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.requests.range(..created_at_or_after(cutoff_ms)) {
+            let (_, bytes) = entry?;
+            let record: RequestRecord = decode(&bytes)?;
+            if record.status.is_terminal() && record.updated_at_ms < cutoff_ms {
+                expired.push(record);
+                if expired.len() == limit {
+                    break;
+                }
+            }
+        }
+        for record in &expired {
+            self.delete_request(record)?;
+        }
+        if !expired.is_empty() {
+            self.durable().await?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Deletes the idempotency bindings of requests created before `cutoff_ms`
+    /// that no longer exist, and waits until that is on disk. Returns how many.
+    pub async fn purge_idempotency_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = created_at_or_after(cutoff_ms);
+        let mut purged = 0;
+        for entry in self.idempotency.iter() {
+            let (key, bytes) = entry?;
+            let binding: IdempotencyRecord = decode(&bytes)?;
+            let id = binding.id.as_bytes();
+            if id[..] < cutoff[..] && !self.requests.contains_key(id)? {
+                // Compare-and-swap: a binding rewritten meanwhile is not this one.
+                let removed =
+                    self.idempotency
+                        .compare_and_swap(&key, Some(&bytes), None::<&[u8]>)?;
+                purged += usize::from(removed.is_ok());
+            }
+        }
+        if purged > 0 {
+            self.durable().await?;
+        }
+        Ok(purged)
+    }
+
+    /// Removes a final request and every event of its history in one transaction.
+    fn delete_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
+        (&self.requests, &self.events).transaction(|(requests, events)| {
+            requests.remove(record.id.as_bytes())?;
+            // Sequence 0 is stored only by databases first written in format 1.
+            for seq in 0..record.event_count {
+                events.remove(&keys::event_key(record.id, seq))?;
+            }
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+}
+
+/// The smallest request id created at `ms`: every id below it is older.
+fn created_at_or_after(ms: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, Notification, Priority, RequestId, Status, now_ms};
+    use crate::store::{AttemptReport, CreateOutcome, Decision};
+
+    fn notification(priority: Priority) -> Notification {
+        Notification {
+            to: "user@example.com".into(),
+            message: "hi".into(),
+            channel: Channel::Email,
+            priority,
+        }
+    }
+
+    async fn create(store: &Store, key: Option<&str>) -> RequestId {
+        create_with(store, key, Priority::Normal).await
+    }
+
+    async fn create_with(store: &Store, key: Option<&str>, priority: Priority) -> RequestId {
+        match store.create(notification(priority), key).await.unwrap() {
+            CreateOutcome::Created(id) | CreateOutcome::Replayed(id) => id,
+        }
+    }
+
+    /// Creates, processes and finishes a request with `decision`.
+    async fn finished(store: &Store, key: Option<&str>, decision: Decision) -> RequestId {
+        let id = create(store, key).await;
+        store.request_processing(id).await.unwrap();
+        let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!(lease.id, id);
+        store
+            .finish_attempt(&lease, AttemptReport::default(), decision)
+            .await
+            .unwrap();
+        id
+    }
+
+    #[test]
+    fn ids_of_a_millisecond_sort_after_its_bound_and_before_the_next() {
+        let id = RequestId::new();
+        let mut ms = [0u8; 8];
+        ms[2..].copy_from_slice(&id.as_bytes()[..6]);
+        let ms = u64::from_be_bytes(ms);
+        assert!(created_at_or_after(ms)[..] <= id.as_bytes()[..]);
+        assert!(id.as_bytes()[..] < created_at_or_after(ms + 1)[..]);
+    }
+
+    #[tokio::test]
+    async fn only_final_requests_older_than_the_cutoff_go_with_their_history_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sent = finished(&store, Some("k-sent"), Decision::Sent).await;
+        let failed = finished(&store, None, Decision::Failed).await;
+        let queued = create(&store, Some("k-queued")).await;
+        // Low: the later leases of normal requests pass it by.
+        let waiting = create_with(&store, None, Priority::Low).await;
+        store.request_processing(waiting).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let cutoff = now_ms();
+        let recent = finished(&store, Some("k-recent"), Decision::Sent).await;
+
+        assert_eq!(store.purge_final_before(cutoff, 1).await.unwrap(), 1);
+        assert_eq!(store.purge_final_before(cutoff, 10).await.unwrap(), 1);
+        assert_eq!(store.purge_final_before(cutoff, 10).await.unwrap(), 0);
+        for gone in [sent, failed] {
+            assert!(store.get(gone).unwrap().is_none());
+            assert!(store.events(gone).unwrap().is_none());
+            assert_eq!(store.events.scan_prefix(gone.as_bytes()).count(), 0);
+        }
+        assert_eq!(store.get(queued).unwrap().unwrap().status, Status::Queued);
+        assert_eq!(store.get(waiting).unwrap().unwrap().status, Status::Queued);
+        assert_eq!(store.get(recent).unwrap().unwrap().status, Status::Sent);
+        assert_eq!(store.pending(), 1, "undelivered work is kept");
+
+        assert_eq!(store.purge_idempotency_before(cutoff).await.unwrap(), 1);
+        assert_ne!(
+            create(&store, Some("k-sent")).await,
+            sent,
+            "the key was freed"
+        );
+        assert_eq!(create(&store, Some("k-queued")).await, queued);
+        assert_eq!(create(&store, Some("k-recent")).await, recent);
+        assert_eq!(store.request_count(), 4, "three kept, one new");
+    }
+
+    #[tokio::test]
+    async fn purged_requests_stay_gone_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = finished(&store, None, Decision::Sent).await;
+            let cutoff = now_ms() + 1;
+            assert_eq!(store.purge_final_before(cutoff, 10).await.unwrap(), 1);
+            store.close().await.unwrap();
+            id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.get(id).unwrap().is_none());
+        assert_eq!((store.request_count(), store.pending()), (0, 0));
+    }
+}
