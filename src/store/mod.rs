@@ -587,7 +587,8 @@ mod tests {
     use super::*;
     use crate::domain::Channel;
 
-    fn notification(priority: Priority) -> Notification {
+    /// A valid notification; the store's other test modules use it too.
+    pub(super) fn notification(priority: Priority) -> Notification {
         Notification {
             to: "user@example.com".into(),
             message: "hi".into(),

@@ -88,17 +88,9 @@ fn created_at_or_after(ms: u64) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Channel, Notification, Priority, RequestId, Status, now_ms};
+    use crate::domain::{Priority, RequestId, Status, now_ms};
+    use crate::store::tests::notification;
     use crate::store::{AttemptReport, CreateOutcome, Decision};
-
-    fn notification(priority: Priority) -> Notification {
-        Notification {
-            to: "user@example.com".into(),
-            message: "hi".into(),
-            channel: Channel::Email,
-            priority,
-        }
-    }
 
     async fn create(store: &Store, key: Option<&str>) -> RequestId {
         create_with(store, key, Priority::Normal).await
