@@ -13,8 +13,8 @@ use crate::domain::now_ms;
 use crate::instruments;
 use crate::store::{Store, StoreError};
 
-/// Requests deleted per store call: each call holds the task for a few
-/// milliseconds and ends with one flush.
+/// Requests read per store call: each call holds the task for a few
+/// milliseconds and ends with at most one flush.
 const BATCH: usize = 1_000;
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(3_600);
@@ -51,11 +51,15 @@ async fn sweep(
     shutdown: &CancellationToken,
 ) -> Result<(usize, usize), StoreError> {
     let mut requests = 0;
+    let mut resume_after = None;
     loop {
-        let purged = store.purge_final_before(cutoff_ms, BATCH).await?;
-        instruments::requests_purged(purged);
-        requests += purged;
-        if purged < BATCH || shutdown.is_cancelled() {
+        let batch = store
+            .purge_final_before(cutoff_ms, resume_after, BATCH)
+            .await?;
+        instruments::requests_purged(batch.purged);
+        requests += batch.purged;
+        resume_after = batch.resume_after;
+        if resume_after.is_none() || shutdown.is_cancelled() {
             break;
         }
         tokio::task::yield_now().await;

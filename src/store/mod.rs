@@ -35,6 +35,7 @@ pub use depth::EntryState;
 pub use format::FORMAT_VERSION;
 pub use keys::OutboxKey;
 pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
+pub use retention::PurgeBatch;
 
 use crate::domain::{Notification, Priority, RequestId, Status, now_ms};
 use crate::instruments;

@@ -8,28 +8,48 @@
 //! is kept whatever its age. An idempotency binding goes once its request was
 //! created before the cutoff and no longer exists.
 
+use std::ops::Bound;
+
 use sled::Transactional;
 
 use super::{IdempotencyRecord, RequestRecord, Store, StoreError, decode, keys};
+use crate::domain::RequestId;
+
+/// What one [`Store::purge_final_before`] call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PurgeBatch {
+    pub purged: usize,
+    /// Where the next call resumes; `None` once the cutoff was reached.
+    pub resume_after: Option<RequestId>,
+}
 
 impl Store {
-    /// Deletes up to `limit` requests that became final before `cutoff_ms`,
-    /// oldest first, with their events, and waits until that is on disk.
-    /// Returns how many went; fewer than `limit` means none is left.
+    /// Reads up to `limit` requests created before `cutoff_ms`, oldest first
+    /// and after `resume_after`, deletes those that became final before the
+    /// cutoff with their events, and waits until that is on disk. Reading a
+    /// bounded batch keeps each call short even when old undelivered requests,
+    /// which are kept, lie in the way.
     pub async fn purge_final_before(
         &self,
         cutoff_ms: u64,
+        resume_after: Option<RequestId>,
         limit: usize,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<PurgeBatch, StoreError> {
+        let start = match resume_after {
+            Some(id) => Bound::Excluded(*id.as_bytes()),
+            None => Bound::Unbounded,
+        };
+        let range = (start, Bound::Excluded(created_at_or_after(cutoff_ms)));
         let mut expired = Vec::new();
-        for entry in self.requests.range(..created_at_or_after(cutoff_ms)) {
+        let mut scanned = 0;
+        let mut last_seen = None;
+        for entry in self.requests.range(range).take(limit) {
             let (_, bytes) = entry?;
             let record: RequestRecord = decode(&bytes)?;
+            scanned += 1;
+            last_seen = Some(record.id);
             if record.status.is_terminal() && record.updated_at_ms < cutoff_ms {
                 expired.push(record);
-                if expired.len() == limit {
-                    break;
-                }
             }
         }
         for record in &expired {
@@ -38,7 +58,10 @@ impl Store {
         if !expired.is_empty() {
             self.durable().await?;
         }
-        Ok(expired.len())
+        Ok(PurgeBatch {
+            purged: expired.len(),
+            resume_after: if scanned == limit { last_seen } else { None },
+        })
     }
 
     /// Deletes the idempotency bindings of requests created before `cutoff_ms`
@@ -88,7 +111,7 @@ fn created_at_or_after(ms: u64) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Priority, RequestId, Status, now_ms};
+    use crate::domain::{Priority, Status, now_ms};
     use crate::store::tests::notification;
     use crate::store::{AttemptReport, CreateOutcome, Decision};
 
@@ -139,9 +162,45 @@ mod tests {
         let cutoff = now_ms();
         let recent = finished(&store, Some("k-recent"), Decision::Sent).await;
 
-        assert_eq!(store.purge_final_before(cutoff, 1).await.unwrap(), 1);
-        assert_eq!(store.purge_final_before(cutoff, 10).await.unwrap(), 1);
-        assert_eq!(store.purge_final_before(cutoff, 10).await.unwrap(), 0);
+        // Batches of two: the sent and the failed request, then the two kept.
+        let first = store.purge_final_before(cutoff, None, 2).await.unwrap();
+        assert_eq!(
+            first,
+            PurgeBatch {
+                purged: 2,
+                resume_after: Some(failed)
+            }
+        );
+        let second = store
+            .purge_final_before(cutoff, Some(failed), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            second,
+            PurgeBatch {
+                purged: 0,
+                resume_after: Some(waiting)
+            }
+        );
+        let last = store
+            .purge_final_before(cutoff, Some(waiting), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            last,
+            PurgeBatch {
+                purged: 0,
+                resume_after: None
+            }
+        );
+        let again = store.purge_final_before(cutoff, None, 10).await.unwrap();
+        assert_eq!(
+            again,
+            PurgeBatch {
+                purged: 0,
+                resume_after: None
+            }
+        );
         for gone in [sent, failed] {
             assert!(store.get(gone).unwrap().is_none());
             assert!(store.events(gone).unwrap().is_none());
@@ -170,7 +229,8 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let id = finished(&store, None, Decision::Sent).await;
             let cutoff = now_ms() + 1;
-            assert_eq!(store.purge_final_before(cutoff, 10).await.unwrap(), 1);
+            let batch = store.purge_final_before(cutoff, None, 10).await.unwrap();
+            assert_eq!(batch.purged, 1);
             store.close().await.unwrap();
             id
         };
