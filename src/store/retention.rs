@@ -163,36 +163,16 @@ mod tests {
         let recent = finished(&store, Some("k-recent"), Decision::Sent).await;
 
         // Batches of two: the sent and the failed request, then the two kept.
-        let first = store.purge_final_before(cutoff, None, 2).await.unwrap();
-        assert_eq!(
-            first,
-            PurgeBatch {
-                purged: 2,
-                resume_after: Some(failed)
-            }
-        );
-        let second = store
-            .purge_final_before(cutoff, Some(failed), 2)
-            .await
-            .unwrap();
-        assert_eq!(
-            second,
-            PurgeBatch {
-                purged: 0,
-                resume_after: Some(waiting)
-            }
-        );
-        let last = store
-            .purge_final_before(cutoff, Some(waiting), 2)
-            .await
-            .unwrap();
-        assert_eq!(
-            last,
-            PurgeBatch {
-                purged: 0,
-                resume_after: None
-            }
-        );
+        let batches = [
+            (None, 2, Some(failed)),
+            (Some(failed), 0, Some(waiting)),
+            (Some(waiting), 0, None),
+        ];
+        for (resume_after, purged, next) in batches {
+            let batch = store.purge_final_before(cutoff, resume_after, 2);
+            let batch = batch.await.unwrap();
+            assert_eq!((batch.purged, batch.resume_after), (purged, next));
+        }
         let again = store.purge_final_before(cutoff, None, 10).await.unwrap();
         assert_eq!(
             again,
