@@ -1,11 +1,12 @@
-//! Wires the store, the dispatcher, the retention sweeper and the API together,
-//! and owns the shutdown order: stop accepting, drain provider calls, flush,
-//! return.
+//! Wires the store, the dispatcher, the retention sweeper, the metrics upkeep
+//! and the API together, and owns the shutdown order: stop accepting, drain
+//! provider calls, flush, return.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +48,7 @@ pub struct Application {
     dispatcher: Dispatcher,
     retention: Duration,
     router: axum::Router,
+    metrics: PrometheusHandle,
     shutdown: CancellationToken,
 }
 
@@ -74,7 +76,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
                 outbox_limit: config.outbox_limit,
             },
-            metrics,
+            metrics: metrics.clone(),
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -89,6 +91,7 @@ impl Application {
             dispatcher,
             retention: Duration::from_secs(config.retention_secs),
             router: api::router(state),
+            metrics,
             shutdown: CancellationToken::new(),
         })
     }
@@ -114,6 +117,7 @@ impl Application {
         let dispatcher = tokio::spawn(self.dispatcher.run(self.shutdown.clone()));
         let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
         let sweeper = tokio::spawn(sweeper);
+        let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
             .await;
@@ -125,6 +129,9 @@ impl Application {
         }
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "retention task failed");
+        }
+        if let Err(error) = upkeep.await {
+            tracing::error!(%error, "metrics upkeep task failed");
         }
         // The last holder closes the store; an embedder still holding it only gets the flush.
         match Arc::try_unwrap(self.store) {
