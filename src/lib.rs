@@ -7,6 +7,7 @@
 //! together and owns the shutdown path; [`simulator`] is a local stand-in for
 //! the provider.
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod cli;

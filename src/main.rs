@@ -1,14 +1,23 @@
-//! The `herald` binary: parse the command line, set up logging, run.
+//! The `herald` binary: cap malloc's arenas, parse the command line, set up
+//! logging, run.
 
 use clap::Parser;
 
 use herald::config::Cli;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime starts its threads.
+    let arena_cap = herald::allocator::cap_malloc_arenas();
     let cli = Cli::parse();
     herald::telemetry::init(cli.log_format);
-    match herald::cli::run(cli.command).await {
+    if let Some(arenas) = arena_cap {
+        tracing::debug!(arenas, "malloc arenas capped");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(herald::cli::run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "herald stopped");
