@@ -52,7 +52,7 @@ pub fn render(handle: &PrometheusHandle) -> String {
 /// Folds histogram samples into their buckets every few seconds until
 /// `shutdown`. The exporter keeps every raw sample until upkeep runs, and runs
 /// it by itself only on a scrape: without this task a gateway nobody scrapes
-/// grows by a sample (about 8 bytes) per request, for ever.
+/// keeps one or more samples per request, for ever.
 pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     loop {
         tokio::select! {
