@@ -11,10 +11,10 @@
 //! of the store sources that decide the on-disk layout; they are rebuilt when
 //! those change, or when `HERALD_BENCH_REBUILD_FIXTURES=1`. The build time and
 //! size on disk are printed. Every iteration opens a fresh copy of the pristine
-//! fixture (the copy is made outside the timing, and the opened store is
-//! dropped outside the timing), so each open has the same work to do. The
-//! copies sit in the page cache: this is a warm restart (crash or redeploy), not
-//! a cold boot.
+//! fixture (the copy is made and written back to disk outside the timing, and
+//! the opened store is dropped outside the timing), so each open has the same
+//! work to do. The copies sit in the page cache: this is a warm restart (crash
+//! or redeploy), not a cold boot.
 //!
 //! - `store_open/{100k,1M}_pending_after_crash`: `Store::open` of the fixture as
 //!   its building process left it: sled replays its whole log (sled 0.34 writes

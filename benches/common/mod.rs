@@ -203,6 +203,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).expect("copy fixture file");
+            // Written back now, not during the open that reads it: a crashed
+            // store's log is already on disk, and the writeback of a fresh copy
+            // would compete with the open for the disk and the CPU.
+            std::fs::File::open(&target)
+                .and_then(|copy| copy.sync_all())
+                .expect("sync fixture copy");
         }
     }
 }
