@@ -9,6 +9,7 @@
 use crate::domain::{Priority, RequestId};
 
 pub const OUTBOX_KEY_LEN: usize = 1 + 8 + 16;
+pub const EVENT_KEY_LEN: usize = 16 + 4;
 
 /// Where an entry sits in the outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,11 +61,20 @@ impl OutboxKey {
 }
 
 /// Key of the `seq`-th event of request `id`.
-pub fn event_key(id: RequestId, seq: u32) -> [u8; 20] {
-    let mut key = [0u8; 20];
+pub fn event_key(id: RequestId, seq: u32) -> [u8; EVENT_KEY_LEN] {
+    let mut key = [0u8; EVENT_KEY_LEN];
     key[..16].copy_from_slice(id.as_bytes());
     key[16..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The sequence number of an event key; `None` if it is not one.
+pub fn event_sequence(key: &[u8]) -> Option<u32> {
+    if key.len() != EVENT_KEY_LEN {
+        return None;
+    }
+    let sequence: [u8; 4] = key[16..].try_into().ok()?;
+    Some(u32::from_be_bytes(sequence))
 }
 
 #[cfg(test)]
@@ -115,5 +125,13 @@ mod tests {
         assert!(event_key(id, 1) < event_key(id, 2));
         assert!(event_key(id, 255) < event_key(id, 256));
         assert_eq!(&event_key(id, 7)[..16], id.as_bytes());
+    }
+
+    #[test]
+    fn event_keys_give_back_their_sequence() {
+        let id = RequestId::new();
+        assert_eq!(event_sequence(&event_key(id, 0)), Some(0));
+        assert_eq!(event_sequence(&event_key(id, 70_000)), Some(70_000));
+        assert_eq!(event_sequence(&event_key(id, 7)[..19]), None);
     }
 }

@@ -11,8 +11,10 @@
 //!
 //! Every state change after the create writes the request, its outbox or lease
 //! entry, its event and the counts it changes in one sled transaction (a create
-//! writes one fresh key with compare-and-swap: see [`Store::create`]);
-//! acknowledgements wait for [`GroupCommit`] to make them durable.
+//! writes one fresh key with compare-and-swap: see [`Store::create`]; the
+//! events of the create and of `process` are the record itself: see
+//! [`RequestRecord::implied_events`]); acknowledgements wait for
+//! [`GroupCommit`] to make them durable.
 
 mod codec;
 mod commit;
@@ -23,6 +25,7 @@ mod pending;
 mod records;
 mod retention;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -298,8 +301,8 @@ impl Store {
     /// until that is on disk. Later calls change nothing.
     pub async fn request_processing(&self, id: RequestId) -> Result<ProcessOutcome, StoreError> {
         let now = now_ms();
-        let trees = (&self.requests, &self.outbox, &self.events, &self.meta);
-        let outcome = trees.transaction(|(requests, outbox, events, meta)| {
+        let trees = (&self.requests, &self.outbox, &self.meta);
+        let outcome = trees.transaction(|(requests, outbox, meta)| {
             let mut record = get_record(requests, id)?;
             if record.process_requested_at_ms.is_some() {
                 let outcome = ProcessOutcome::AlreadyRequested(record.status);
@@ -309,7 +312,9 @@ impl Store {
             let key = OutboxKey::new(record.notification.priority, now, id);
             outbox.insert(&key.encode(), &b""[..])?;
             pending::adjust(meta, record.notification.priority, 1)?;
-            append_event(events, &mut record, EventKind::ProcessRequested, now)?;
+            // Its `process_requested` event is the record's
+            // `process_requested_at_ms`: nothing to store (format 3).
+            advance_history(&mut record, now);
             put_record(requests, &record)?;
             Ok((
                 ProcessOutcome::Accepted(record.status),
@@ -333,24 +338,20 @@ impl Store {
 
     /// The request's history, oldest first; `None` for an unknown id.
     ///
-    /// The `created` event is the record itself; only databases first written
-    /// in format 1 store it (as sequence 0), and then it is read as stored.
+    /// The events the record implies (`created`, `process_requested`: see
+    /// [`RequestRecord::implied_events`]) are merged with the stored ones by
+    /// sequence; where an older format stored one of them, the stored one is read.
     pub fn events(&self, id: RequestId) -> Result<Option<Vec<Event>>, StoreError> {
         let Some(record) = self.get(id)? else {
             return Ok(None);
         };
-        let mut history = Vec::with_capacity(record.event_count as usize);
-        if !self.events.contains_key(keys::event_key(id, 0))? {
-            history.push(Event {
-                at_ms: record.created_at_ms,
-                status: Status::Queued,
-                kind: EventKind::Created,
-            });
+        let mut history: BTreeMap<u32, Event> = record.implied_events().collect();
+        for entry in self.events.scan_prefix(id.as_bytes()) {
+            let (key, bytes) = entry?;
+            let sequence = keys::event_sequence(&key).ok_or(StoreError::CorruptKey(key.len()))?;
+            history.insert(sequence, decode(&bytes)?);
         }
-        for bytes in self.events.scan_prefix(id.as_bytes()).values() {
-            history.push(decode(&bytes?)?);
-        }
-        Ok(Some(history))
+        Ok(Some(history.into_values().collect()))
     }
 
     /// When the earliest outbox entry falls due, whatever its priority.
@@ -571,7 +572,6 @@ fn append_event(
     kind: EventKind,
     now: u64,
 ) -> TxResult<()> {
-    record.updated_at_ms = now;
     let event = Event {
         at_ms: now,
         status: record.status,
@@ -579,8 +579,14 @@ fn append_event(
     };
     let key = keys::event_key(record.id, record.event_count);
     events.insert(&key, encode(&event).map_err(abort_with)?)?;
-    record.event_count += 1;
+    advance_history(record, now);
     Ok(())
+}
+
+/// Counts one more event in the record's history, stored or implied.
+fn advance_history(record: &mut RequestRecord, now: u64) {
+    record.updated_at_ms = now;
+    record.event_count += 1;
 }
 
 #[cfg(test)]
@@ -672,6 +678,33 @@ mod tests {
             kinds,
             [Queued, Queued, Processing, Processing, Processing, Sent]
         );
+    }
+
+    #[tokio::test]
+    async fn the_record_implies_its_created_and_process_events_and_attempts_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        let stored_sequences = || -> Vec<u32> {
+            let keys = store.events.scan_prefix(id.as_bytes()).keys();
+            keys.map(|key| keys::event_sequence(&key.unwrap()).unwrap())
+                .collect()
+        };
+        assert_eq!(stored_sequences(), Vec::<u32>::new());
+        store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!(stored_sequences(), [2]);
+
+        let record = store.get(id).unwrap().unwrap();
+        let history = store.events(id).unwrap().unwrap();
+        let kinds: Vec<_> = history.iter().map(|e| e.kind.clone()).collect();
+        use EventKind::*;
+        assert_eq!(
+            kinds,
+            [Created, ProcessRequested, AttemptStarted { attempt: 1 }]
+        );
+        assert_eq!(history[0].at_ms, record.created_at_ms);
+        assert_eq!(Some(history[1].at_ms), record.process_requested_at_ms);
+        assert_eq!(record.event_count, 3);
     }
 
     #[tokio::test]
@@ -838,6 +871,35 @@ mod tests {
         assert_eq!(created.len(), 1, "{events:?}");
         assert_eq!(created[0].at_ms, created_at);
         assert_eq!(events[0].kind, EventKind::Created);
+    }
+
+    #[tokio::test]
+    async fn a_format_2_database_is_upgraded_and_keeps_its_stored_process_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let requested_at = 1_700_000_000_000;
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = processed(&store, Priority::Normal).await;
+            // What format 2 left: a stored `process_requested` event, version 2.
+            let stored = Event {
+                at_ms: requested_at,
+                status: Status::Queued,
+                kind: EventKind::ProcessRequested,
+            };
+            let key = keys::event_key(id, records::PROCESS_REQUESTED_SEQUENCE);
+            store.events.insert(key, encode(&stored).unwrap()).unwrap();
+            store.meta.insert(format::FORMAT_VERSION_KEY, &[2]).unwrap();
+            store.close().await.unwrap();
+            id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let version = store.meta.get(format::FORMAT_VERSION_KEY).unwrap();
+        assert_eq!(version.as_deref(), Some(&[FORMAT_VERSION][..]));
+        assert_eq!(store.pending(), 1);
+        let events = store.events(id).unwrap().unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
+        assert_eq!(kinds, [EventKind::Created, EventKind::ProcessRequested]);
+        assert_eq!(events[1].at_ms, requested_at, "the stored event is read");
     }
 
     #[tokio::test]

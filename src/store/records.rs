@@ -1,4 +1,4 @@
-//! The records the store persists (format version 1; see `migrations-notes/`).
+//! The records the store persists (record version 1; see `migrations-notes/`).
 //!
 //! Field and variant order is part of the on-disk format: postcard encodes
 //! fields positionally and enum variants by index, so append, never reorder.
@@ -26,6 +26,33 @@ pub struct RequestRecord {
     pub event_count: u32,
 }
 
+/// Sequence of the `created` event, implied by the record since format 2.
+pub const CREATED_SEQUENCE: u32 = 0;
+/// Sequence of the `process_requested` event, implied by the record since format 3.
+pub const PROCESS_REQUESTED_SEQUENCE: u32 = 1;
+
+impl RequestRecord {
+    /// The events the record stands for instead of storing them, with their
+    /// sequence numbers: `created` (its `created_at_ms`) and, once `process`
+    /// was called, `process_requested` (its `process_requested_at_ms`); the
+    /// request was `queued` at both. Databases written by older formats store
+    /// them too; readers prefer the stored ones.
+    pub fn implied_events(&self) -> impl Iterator<Item = (u32, Event)> {
+        let created = Event {
+            at_ms: self.created_at_ms,
+            status: Status::Queued,
+            kind: EventKind::Created,
+        };
+        let process_requested = self.process_requested_at_ms.map(|at_ms| Event {
+            at_ms,
+            status: Status::Queued,
+            kind: EventKind::ProcessRequested,
+        });
+        std::iter::once((CREATED_SEQUENCE, created))
+            .chain(process_requested.map(|event| (PROCESS_REQUESTED_SEQUENCE, event)))
+    }
+}
+
 /// One entry of a request's append-only history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -37,9 +64,9 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    /// Stored after `POST /v1/requests`.
+    /// `POST /v1/requests` stored the request (implied by the record).
     Created,
-    /// `process` was called; the request entered the outbox.
+    /// `process` was called; the request entered the outbox (implied by the record).
     ProcessRequested,
     /// The dispatcher leased the request for attempt number `attempt`.
     AttemptStarted { attempt: u32 },
