@@ -834,34 +834,47 @@ mod tests {
         assert_eq!(persisted.iter().sum::<u64>(), 2);
     }
 
+    /// Marks `store` as written by format `version`, closes it, opens its
+    /// directory again and checks that the open upgraded it.
+    async fn reopened_as_format(store: Store, dir: &Path, version: u8) -> Store {
+        store
+            .meta
+            .insert(format::FORMAT_VERSION_KEY, &[version])
+            .unwrap();
+        store.close().await.unwrap();
+        let store = Store::open(dir).unwrap();
+        let found = store.meta.get(format::FORMAT_VERSION_KEY).unwrap();
+        assert_eq!(found.as_deref(), Some(&[FORMAT_VERSION][..]));
+        store
+    }
+
+    /// An event as an older format stored it, at sequence `seq` of `id`.
+    fn store_event(store: &Store, id: RequestId, seq: u32, at_ms: u64, kind: EventKind) {
+        let event = Event {
+            at_ms,
+            status: Status::Queued,
+            kind,
+        };
+        let key = keys::event_key(id, seq);
+        store.events.insert(key, encode(&event).unwrap()).unwrap();
+    }
+
     #[tokio::test]
     async fn a_format_1_database_is_upgraded_and_keeps_its_stored_created_events() {
         let dir = tempfile::tempdir().unwrap();
         let created_at = 1_700_000_000_000;
-        let id = {
-            let store = Store::open(dir.path()).unwrap();
-            let id = processed(&store, Priority::High).await;
-            processed(&store, Priority::Low).await;
-            store.lease_next_due(now_ms() + 1).unwrap().unwrap();
-            // What format 1 left: no counts, a stored `created` event, version 1.
-            for &priority in Priority::ALL {
-                store.meta.remove(pending::key(priority)).unwrap();
-            }
-            let created = Event {
-                at_ms: created_at,
-                status: Status::Queued,
-                kind: EventKind::Created,
-            };
-            let event = encode(&created).unwrap();
-            store.events.insert(keys::event_key(id, 0), event).unwrap();
-            let version = format::FORMAT_VERSION_KEY;
-            store.meta.insert(version, &[1]).unwrap();
-            store.close().await.unwrap();
-            id
-        };
         let store = Store::open(dir.path()).unwrap();
-        let version = store.meta.get(format::FORMAT_VERSION_KEY).unwrap();
-        assert_eq!(version.as_deref(), Some(&[FORMAT_VERSION][..]));
+        let id = processed(&store, Priority::High).await;
+        processed(&store, Priority::Low).await;
+        store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        // What format 1 left: no counts, a stored `created` event.
+        for &priority in Priority::ALL {
+            store.meta.remove(pending::key(priority)).unwrap();
+        }
+        let seq = records::CREATED_SEQUENCE;
+        store_event(&store, id, seq, created_at, EventKind::Created);
+
+        let store = reopened_as_format(store, dir.path(), 1).await;
         assert_eq!((store.pending(), store.recovered_at_open()), (2, 1));
         let events = store.events(id).unwrap().unwrap();
         let created: Vec<_> = events
@@ -877,24 +890,13 @@ mod tests {
     async fn a_format_2_database_is_upgraded_and_keeps_its_stored_process_events() {
         let dir = tempfile::tempdir().unwrap();
         let requested_at = 1_700_000_000_000;
-        let id = {
-            let store = Store::open(dir.path()).unwrap();
-            let id = processed(&store, Priority::Normal).await;
-            // What format 2 left: a stored `process_requested` event, version 2.
-            let stored = Event {
-                at_ms: requested_at,
-                status: Status::Queued,
-                kind: EventKind::ProcessRequested,
-            };
-            let key = keys::event_key(id, records::PROCESS_REQUESTED_SEQUENCE);
-            store.events.insert(key, encode(&stored).unwrap()).unwrap();
-            store.meta.insert(format::FORMAT_VERSION_KEY, &[2]).unwrap();
-            store.close().await.unwrap();
-            id
-        };
         let store = Store::open(dir.path()).unwrap();
-        let version = store.meta.get(format::FORMAT_VERSION_KEY).unwrap();
-        assert_eq!(version.as_deref(), Some(&[FORMAT_VERSION][..]));
+        let id = processed(&store, Priority::Normal).await;
+        // What format 2 left: a stored `process_requested` event.
+        let seq = records::PROCESS_REQUESTED_SEQUENCE;
+        store_event(&store, id, seq, requested_at, EventKind::ProcessRequested);
+
+        let store = reopened_as_format(store, dir.path(), 2).await;
         assert_eq!(store.pending(), 1);
         let events = store.events(id).unwrap().unwrap();
         let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
