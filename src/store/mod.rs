@@ -58,8 +58,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("could not make the write durable: {0}")]
     Flush(Arc<sled::Error>),
-    #[error("corrupt outbox key of {0} bytes")]
-    CorruptKey(usize),
+    #[error("corrupt {tree} key of {len} bytes")]
+    CorruptKey { tree: &'static str, len: usize },
     #[error("corrupt pending count of {0} bytes")]
     CorruptCount(usize),
     #[error("corrupt record: {0}")]
@@ -348,7 +348,10 @@ impl Store {
         let mut history: BTreeMap<u32, Event> = record.implied_events().collect();
         for entry in self.events.scan_prefix(id.as_bytes()) {
             let (key, bytes) = entry?;
-            let sequence = keys::event_sequence(&key).ok_or(StoreError::CorruptKey(key.len()))?;
+            let sequence = keys::event_sequence(&key).ok_or(StoreError::CorruptKey {
+                tree: "events",
+                len: key.len(),
+            })?;
             history.insert(sequence, decode(&bytes)?);
         }
         Ok(Some(history.into_values().collect()))
@@ -546,7 +549,10 @@ fn rank_range() -> impl Iterator<Item = u8> {
 }
 
 fn decode_outbox_key(bytes: &[u8]) -> Result<OutboxKey, StoreError> {
-    OutboxKey::decode(bytes).ok_or(StoreError::CorruptKey(bytes.len()))
+    OutboxKey::decode(bytes).ok_or(StoreError::CorruptKey {
+        tree: "outbox",
+        len: bytes.len(),
+    })
 }
 
 fn abort_with(error: CodecError) -> ConflictableTransactionError<StoreError> {
@@ -686,8 +692,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let id = processed(&store, Priority::Normal).await;
         let stored_sequences = || -> Vec<u32> {
-            let keys = store.events.scan_prefix(id.as_bytes()).keys();
-            keys.map(|key| keys::event_sequence(&key.unwrap()).unwrap())
+            let stored = store.events.scan_prefix(id.as_bytes()).keys();
+            stored
+                .map(|key| keys::event_sequence(&key.unwrap()).unwrap())
                 .collect()
         };
         assert_eq!(stored_sequences(), Vec::<u32>::new());
