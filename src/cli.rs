@@ -66,7 +66,7 @@ async fn dev(
     tracing::info!(%sim_addr, "provider simulator listening");
     let sim_task = tokio::spawn(simulator::serve(
         listener,
-        Simulator::new(*sim),
+        Simulator::new(beside(&gateway, *sim)),
         token.clone().cancelled_owned(),
     ));
     gateway.provider_url = Some(format!("http://127.0.0.1:{}", sim_addr.port()));
@@ -82,6 +82,15 @@ async fn dev(
         tracing::warn!(%error, "simulator stopped with an error");
     }
     result
+}
+
+/// The simulator `dev` runs is the gateway's provider, so it accepts the key
+/// the gateway sends, however that key was set.
+fn beside(gateway: &GatewayConfig, sim: SimConfig) -> SimConfig {
+    SimConfig {
+        api_key: gateway.provider_api_key.clone(),
+        ..sim
+    }
 }
 
 async fn provider_sim(
@@ -106,4 +115,18 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AppError::Listen { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn the_dev_simulator_accepts_the_gateways_key() {
+        let mut gateway = GatewayConfig::defaults();
+        gateway.provider_api_key = Secret::from("not-the-default");
+        let sim = beside(&gateway, SimConfig::default());
+        assert_eq!(sim.api_key.expose(), "not-the-default");
+    }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::dispatch::{
     BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
@@ -42,6 +42,7 @@ pub enum Command {
     /// Run the gateway.
     Serve(GatewayConfig),
     /// Run the gateway with a local provider simulator beside it (unless --provider-url is given).
+    /// The simulator accepts the gateway's --provider-api-key.
     Dev {
         #[command(flatten)]
         gateway: GatewayConfig,
@@ -96,7 +97,12 @@ pub struct GatewayConfig {
     pub provider_url: Option<String>,
 
     /// API key sent to the provider as `X-API-Key`. Never logged.
-    #[arg(long, env = "PROVIDER_API_KEY", default_value = "test-dev-2026")]
+    #[arg(
+        long,
+        env = "PROVIDER_API_KEY",
+        default_value = "test-dev-2026",
+        hide_env_values = true
+    )]
     pub provider_api_key: Secret,
 
     /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
@@ -181,8 +187,13 @@ impl GatewayConfig {
             #[command(flatten)]
             config: GatewayConfig,
         }
+        // Without the variables, so the defaults do not depend on where they are read.
+        let command = Defaults::command().mut_args(|arg| arg.env(None::<&'static str>));
         // Parsing no arguments cannot fail: every setting has a default.
-        Defaults::parse_from(["herald"]).config
+        let matches = command.get_matches_from(["herald"]);
+        Defaults::from_arg_matches(&matches)
+            .expect("every setting has a default")
+            .config
     }
 
     pub fn provider_url(&self) -> &str {
@@ -242,6 +253,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 impl FromStr for Secret {
     type Err = std::convert::Infallible;
 
@@ -253,6 +270,28 @@ impl FromStr for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// clap prints a variable's value in `--help` unless told not to.
+    #[test]
+    fn no_help_text_shows_the_value_of_a_key_variable() {
+        let cli = Cli::command();
+        let mut keys = 0;
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                if arg.get_env() == Some(std::ffi::OsStr::new("PROVIDER_API_KEY")) {
+                    keys += 1;
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "`{} --{}` would print the key in --help",
+                        command.get_name(),
+                        arg.get_id()
+                    );
+                }
+            }
+        }
+        // serve, dev (gateway and simulator), provider-sim.
+        assert_eq!(keys, 4);
+    }
 
     #[test]
     fn defaults_match_the_contract() {

@@ -13,6 +13,7 @@ use clap::{ArgMatches, Args, FromArgMatches};
 
 use super::profile::Profile;
 use super::{ErrorStatuses, OutagePlan};
+use crate::config::Secret;
 use crate::domain::Channel;
 
 const DEFAULT_API_KEY: &str = "test-dev-2026";
@@ -28,8 +29,8 @@ const DEFAULT_OUTAGE: Duration = Duration::from_secs(10);
 /// How the simulated provider behaves. The defaults are the reference provider's.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// API key callers must send in `X-API-Key`.
-    pub api_key: String,
+    /// API key callers must send in `X-API-Key`; `Debug` prints it as `****`.
+    pub api_key: Secret,
     /// Calls admitted in any sliding window, across all callers; beyond that the answer is 429.
     pub window_calls: u32,
     /// Length of the sliding rate-limit window, in seconds.
@@ -69,7 +70,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            api_key: DEFAULT_API_KEY.to_owned(),
+            api_key: Secret::from(DEFAULT_API_KEY),
             window_calls: DEFAULT_WINDOW_CALLS,
             window_secs: DEFAULT_WINDOW_SECS,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
@@ -122,8 +123,8 @@ struct SimArgs {
     profile: Profile,
 
     /// API key callers must send in `X-API-Key` [default: test-dev-2026].
-    #[arg(long, env = "PROVIDER_API_KEY")]
-    api_key: Option<String>,
+    #[arg(long, env = "PROVIDER_API_KEY", hide_env_values = true)]
+    api_key: Option<Secret>,
 
     /// Calls admitted in any sliding window, across all callers; beyond that the answer is 429.
     #[arg(long, env = "SIM_WINDOW_CALLS")]
@@ -293,6 +294,13 @@ mod tests {
 
     fn debug(config: &SimConfig) -> String {
         format!("{config:?}")
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug_output() {
+        let config = parse(&["sim", "--api-key", "s3cr3t-value"]).unwrap();
+        assert_eq!(config.api_key.expose(), "s3cr3t-value");
+        assert!(!debug(&config).contains("s3cr3t"), "{}", debug(&config));
     }
 
     #[test]

@@ -97,7 +97,7 @@ async fn answer(shared: &Shared, call: &Call) -> Reply {
 /// Everything that answers before the call is admitted; `Ok` admits it.
 fn screen(shared: &Shared, call: &Call) -> Result<(), Answer> {
     let config = &shared.config;
-    authenticate(&call.headers, &config.api_key)?;
+    authenticate(&call.headers, config.api_key.expose())?;
     validate(call, &config.accepted_types)?;
     shared.fail_first.check(&call.id, config.retry_after_secs)?;
     // The throttle is drawn first so that a throttled call takes no window slot.

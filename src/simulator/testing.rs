@@ -19,7 +19,10 @@ pub(super) fn notify_request(running: &RunningSimulator, id: &str) -> reqwest::R
     reqwest::Client::new()
         .post(format!("{}/v1/notify", running.url()))
         .query(&[("priority", "normal"), ("trace_id", id)])
-        .header("X-API-Key", &running.simulator.shared.config.api_key)
+        .header(
+            "X-API-Key",
+            running.simulator.shared.config.api_key.expose(),
+        )
 }
 
 /// A valid notify call of type `kind` for request `id`.
