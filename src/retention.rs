@@ -50,6 +50,8 @@ async fn sweep(
     cutoff_ms: u64,
     shutdown: &CancellationToken,
 ) -> Result<(usize, usize), StoreError> {
+    // Bindings first: see `src/store/retention.rs`.
+    let keys = store.purge_idempotency_before(cutoff_ms).await?;
     let mut requests = 0;
     let mut resume_after = None;
     loop {
@@ -64,6 +66,5 @@ async fn sweep(
         }
         tokio::task::yield_now().await;
     }
-    let keys = store.purge_idempotency_before(cutoff_ms).await?;
     Ok((requests, keys))
 }

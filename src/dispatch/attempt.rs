@@ -92,6 +92,10 @@ impl AttemptContext {
                     tracing::error!(%error, "attempt recorded but not yet flushed");
                     return;
                 }
+                Err(error @ StoreError::LeaseLost(_)) => {
+                    tracing::warn!(%error, "attempt outcome not recorded");
+                    return;
+                }
                 Err(error) => {
                     tracing::error!(%error, "could not record the attempt; retrying");
                     tokio::time::sleep(RECORD_RETRY_DELAY).await;

@@ -19,6 +19,8 @@ pub enum CodecError {
     UnsupportedVersion { found: u8 },
     #[error("malformed record: {0}")]
     Postcard(#[from] postcard::Error),
+    #[error("malformed record: {0} bytes left over")]
+    TrailingBytes(usize),
 }
 
 /// Encodes `value` as `[RECORD_VERSION, postcard bytes...]`.
@@ -32,7 +34,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
-        RECORD_VERSION => Ok(postcard::from_bytes(body)?),
+        RECORD_VERSION => match postcard::take_from_bytes(body)? {
+            (value, []) => Ok(value),
+            (_, rest) => Err(CodecError::TrailingBytes(rest.len())),
+        },
         found => Err(CodecError::UnsupportedVersion { found }),
     }
 }
@@ -49,6 +54,36 @@ mod tests {
             channel: Channel::Sms,
             priority: Priority::High,
         }
+    }
+
+    /// Why a struct's fields never change within a record version.
+    #[test]
+    fn a_record_read_as_a_struct_with_a_field_appended_fails() {
+        #[derive(serde::Serialize)]
+        struct Before {
+            a: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct After {
+            _a: u32,
+            #[serde(default)]
+            _b: Option<u64>,
+        }
+        let bytes = encode(&Before { a: 7 }).unwrap();
+        assert!(matches!(
+            decode::<After>(&bytes),
+            Err(CodecError::Postcard(_))
+        ));
+    }
+
+    #[test]
+    fn bytes_left_over_are_refused() {
+        let mut bytes = encode(&sample()).unwrap();
+        bytes.extend([9, 9]);
+        assert!(matches!(
+            decode::<Notification>(&bytes),
+            Err(CodecError::TrailingBytes(2))
+        ));
     }
 
     #[test]

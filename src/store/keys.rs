@@ -36,8 +36,9 @@ impl OutboxKey {
         key
     }
 
+    /// `None` unless `bytes` is an encoded key of a known priority.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != OUTBOX_KEY_LEN {
+        if bytes.len() != OUTBOX_KEY_LEN || usize::from(bytes[0]) >= Priority::ALL.len() {
             return None;
         }
         let due_ms = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
@@ -86,6 +87,9 @@ mod tests {
         let key = OutboxKey::new(Priority::Low, 1_700_000_000_123, RequestId::new());
         assert_eq!(OutboxKey::decode(&key.encode()), Some(key));
         assert_eq!(OutboxKey::decode(&key.encode()[1..]), None);
+        let mut unknown_priority = key.encode();
+        unknown_priority[0] = 3;
+        assert_eq!(OutboxKey::decode(&unknown_priority), None);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("could not make the write durable: {0}")]
     Flush(Arc<sled::Error>),
+    /// The attempt's lease was taken back (returned to the outbox) before it finished.
+    #[error("request {0} is no longer leased by this attempt")]
+    LeaseLost(RequestId),
     #[error("corrupt {tree} key of {len} bytes")]
     CorruptKey { tree: &'static str, len: usize },
     #[error("corrupt pending count of {0} bytes")]
@@ -395,15 +398,18 @@ impl Store {
             &self.events,
             &self.meta,
         );
-        let lease = trees.transaction(|(outbox, leases, requests, events, meta)| {
-            outbox.remove(&key_bytes)?;
+        let taken = trees.transaction(|(outbox, leases, requests, events, meta)| {
+            if outbox.remove(&key_bytes)?.is_none() {
+                // Leased by someone else since it was read: nothing to do.
+                return Ok(Taken::Gone);
+            }
             let mut record = match requests.get(key.id.as_bytes())? {
                 Some(bytes) => decode::<RequestRecord>(&bytes).map_err(abort_with)?,
                 None => {
                     // An entry without its request cannot be sent: drop it, keep going.
                     tracing::error!(id = %key.id, "outbox entry without a request; removed");
                     pending::adjust(meta, priority, -1)?;
-                    return Ok(None);
+                    return Ok(Taken::Orphan);
                 }
             };
             record.status = Status::Processing;
@@ -418,22 +424,26 @@ impl Store {
                 now,
             )?;
             put_record(requests, &record)?;
-            Ok(Some(Lease {
+            Ok(Taken::Leased(Lease {
                 id: record.id,
                 notification: record.notification,
                 attempt,
                 process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
             }))
         })?;
-        match &lease {
-            Some(lease) => self.depth.moved(
-                lease.notification.priority,
-                EntryState::Waiting,
-                EntryState::Leased,
-            ),
-            None => self.depth.remove(priority, EntryState::Waiting),
+        match taken {
+            Taken::Leased(lease) => {
+                let priority = lease.notification.priority;
+                self.depth
+                    .moved(priority, EntryState::Waiting, EntryState::Leased);
+                Ok(Some(lease))
+            }
+            Taken::Orphan => {
+                self.depth.remove(priority, EntryState::Waiting);
+                Ok(None)
+            }
+            Taken::Gone => Ok(None),
         }
-        Ok(lease)
     }
 
     /// Ends a leased attempt as `decision` says, records `report` in the history,
@@ -457,7 +467,11 @@ impl Store {
             &self.meta,
         );
         let status = trees.transaction(|(leases, outbox, requests, events, meta)| {
-            leases.remove(lease.id.as_bytes())?;
+            if leases.remove(lease.id.as_bytes())?.is_none() {
+                // Recovered meanwhile: the request is back in the outbox and
+                // its next attempt records the outcome.
+                return abort(StoreError::LeaseLost(lease.id));
+            }
             let mut record = get_record(requests, lease.id)?;
             match decision {
                 Decision::Sent => {
@@ -500,23 +514,40 @@ impl Store {
         for entry in self.leases.iter() {
             let (id_bytes, key_bytes) = entry?;
             let leased_from = decode_outbox_key(&key_bytes)?;
-            let priority = (&self.leases, &self.outbox, &self.requests, &self.events).transaction(
-                |(leases, outbox, requests, events)| {
-                    leases.remove(&id_bytes)?;
-                    let key = OutboxKey {
-                        due_ms: now,
-                        ..leased_from
-                    };
-                    outbox.insert(&key.encode(), &b""[..])?;
-                    let mut record = get_record(requests, key.id)?;
-                    append_event(events, &mut record, EventKind::LeaseRecovered, now)?;
-                    put_record(requests, &record)?;
-                    Ok(record.notification.priority)
-                },
-            )?;
-            self.depth
-                .moved(priority, EntryState::Leased, EntryState::Waiting);
-            recovered += 1;
+            let priority = Priority::ALL[usize::from(leased_from.rank)];
+            let trees = (
+                &self.leases,
+                &self.outbox,
+                &self.requests,
+                &self.events,
+                &self.meta,
+            );
+            let returned = trees.transaction(|(leases, outbox, requests, events, meta)| {
+                leases.remove(&id_bytes)?;
+                let Some(bytes) = requests.get(leased_from.id.as_bytes())? else {
+                    // A lease without its request cannot be sent: drop it, as
+                    // `lease` drops such an outbox entry, rather than refuse to open.
+                    tracing::error!(id = %leased_from.id, "lease without a request; removed");
+                    pending::adjust(meta, priority, -1)?;
+                    return Ok(false);
+                };
+                let mut record: RequestRecord = decode(&bytes).map_err(abort_with)?;
+                let key = OutboxKey {
+                    due_ms: now,
+                    ..leased_from
+                };
+                outbox.insert(&key.encode(), &b""[..])?;
+                append_event(events, &mut record, EventKind::LeaseRecovered, now)?;
+                put_record(requests, &record)?;
+                Ok(true)
+            })?;
+            if returned {
+                self.depth
+                    .moved(priority, EntryState::Leased, EntryState::Waiting);
+                recovered += 1;
+            } else {
+                self.depth.remove(priority, EntryState::Leased);
+            }
         }
         Ok(recovered)
     }
@@ -553,6 +584,15 @@ fn decode_outbox_key(bytes: &[u8]) -> Result<OutboxKey, StoreError> {
         tree: "outbox",
         len: bytes.len(),
     })
+}
+
+/// What `lease` found at an outbox entry.
+enum Taken {
+    Leased(Lease),
+    /// The entry had no request; it was removed.
+    Orphan,
+    /// The entry was gone already.
+    Gone,
 }
 
 fn abort_with(error: CodecError) -> ConflictableTransactionError<StoreError> {
@@ -731,6 +771,52 @@ mod tests {
         assert_eq!((lease.id, lease.attempt), (id, 2));
         let events = store.events(id).unwrap().unwrap();
         assert!(events.iter().any(|e| e.kind == EventKind::LeaseRecovered));
+    }
+
+    #[tokio::test]
+    async fn an_outbox_entry_is_leased_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        let key = store.outbox.iter().next().unwrap().unwrap().0;
+        let key = decode_outbox_key(&key).unwrap();
+        let first = store.lease(key).unwrap().unwrap();
+        assert_eq!((first.id, first.attempt), (id, 1));
+        assert!(store.lease(key).unwrap().is_none(), "already leased");
+        assert_eq!(store.get(id).unwrap().unwrap().attempts, 1);
+        assert_eq!(store.pending(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_lease_was_recovered_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!(store.recover_leases().unwrap(), 1);
+
+        let late = store.finish_attempt(&lease, AttemptReport::default(), Decision::Sent);
+        assert!(matches!(late.await, Err(StoreError::LeaseLost(lost)) if lost == id));
+        let record = store.get(id).unwrap().unwrap();
+        assert_eq!(record.status, Status::Processing);
+        assert_eq!(store.pending(), 1);
+        let again = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!((again.id, again.attempt), (id, 2));
+    }
+
+    #[tokio::test]
+    async fn a_lease_without_its_request_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let id = processed(&store, Priority::High).await;
+            store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+            store.requests.remove(id.as_bytes()).unwrap();
+            store.close().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recovered_at_open(), 0);
+        assert_eq!((store.pending(), store.leases.len()), (0, 0));
     }
 
     #[tokio::test]

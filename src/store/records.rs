@@ -1,7 +1,9 @@
 //! The records the store persists (record version 1; see `migrations-notes/`).
 //!
-//! Field and variant order is part of the on-disk format: postcard encodes
-//! fields positionally and enum variants by index, so append, never reorder.
+//! Fields and variant order are part of the on-disk format: postcard encodes
+//! fields positionally, with no count, and enum variants by index. Changing a
+//! struct's fields, even appending one, takes a new `RECORD_VERSION`; enum
+//! variants may be appended (`migrations-notes/README.md`).
 
 use serde::{Deserialize, Serialize};
 

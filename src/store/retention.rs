@@ -5,8 +5,11 @@
 //! milliseconds, so the `requests` tree is in creation order and a purge reads
 //! only the part created before its cutoff. A request goes only when it is final
 //! (`sent` or `failed`) and has been since before the cutoff; undelivered work
-//! is kept whatever its age. An idempotency binding goes once its request was
-//! created before the cutoff and no longer exists.
+//! is kept whatever its age. An idempotency binding goes with its request, and
+//! first: [`Store::purge_idempotency_before`] runs before
+//! [`Store::purge_final_before`], because a binding left without its request
+//! would let a replay of its key write the request again, as new (that is how a
+//! replay completes a create a crash cut short).
 
 use std::ops::Bound;
 
@@ -64,8 +67,10 @@ impl Store {
         })
     }
 
-    /// Deletes the idempotency bindings of requests created before `cutoff_ms`
-    /// that no longer exist, and waits until that is on disk. Returns how many.
+    /// Deletes the idempotency bindings whose request [`Store::purge_final_before`]
+    /// deletes for the same cutoff (final since before it), or which were made
+    /// before it and have no request, and waits until that is on disk. Returns
+    /// how many.
     pub async fn purge_idempotency_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let cutoff = created_at_or_after(cutoff_ms);
         let mut purged = 0;
@@ -73,7 +78,17 @@ impl Store {
             let (key, bytes) = entry?;
             let binding: IdempotencyRecord = decode(&bytes)?;
             let id = binding.id.as_bytes();
-            if id[..] < cutoff[..] && !self.requests.contains_key(id)? {
+            if id[..] >= cutoff[..] {
+                continue;
+            }
+            let expired = match self.requests.get(id)? {
+                Some(record) => {
+                    let record: RequestRecord = decode(&record)?;
+                    record.status.is_terminal() && record.updated_at_ms < cutoff_ms
+                }
+                None => true,
+            };
+            if expired {
                 // Compare-and-swap: a binding rewritten meanwhile is not this one.
                 let removed =
                     self.idempotency
@@ -200,6 +215,28 @@ mod tests {
         assert_eq!(create(&store, Some("k-queued")).await, queued);
         assert_eq!(create(&store, Some("k-recent")).await, recent);
         assert_eq!(store.request_count(), 4, "three kept, one new");
+    }
+
+    #[tokio::test]
+    async fn a_replay_between_the_two_purges_makes_a_new_request_not_the_old_one_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sent = finished(&store, Some("k"), Decision::Sent).await;
+        let cutoff = now_ms() + 1;
+
+        assert_eq!(store.purge_idempotency_before(cutoff).await.unwrap(), 1);
+        let replay = create(&store, Some("k")).await;
+        assert_ne!(
+            replay, sent,
+            "the key went first, so it names a new request"
+        );
+        assert_eq!(store.get(sent).unwrap().unwrap().status, Status::Sent);
+
+        let batch = store.purge_final_before(cutoff, None, 10).await.unwrap();
+        assert_eq!(batch.purged, 1);
+        assert!(store.get(sent).unwrap().is_none());
+        assert_eq!(store.get(replay).unwrap().unwrap().status, Status::Queued);
+        assert_eq!(create(&store, Some("k")).await, replay);
     }
 
     #[tokio::test]
