@@ -52,7 +52,7 @@ impl AttemptContext {
         match decision {
             Decision::Sent => instruments::request_finished("sent"),
             Decision::Failed => instruments::request_finished("failed"),
-            Decision::RetryAt { .. } => {}
+            Decision::RetryAt { .. } | Decision::Throttled { .. } => {}
         }
         self.wake.notify_one();
     }
@@ -110,7 +110,7 @@ fn attempt_outcome(report: &AttemptReport, decision: Decision) -> &'static str {
     match (decision, report.http_status) {
         (Decision::Sent, _) => "sent",
         (Decision::Failed, _) => "failed",
-        (Decision::RetryAt { .. }, Some(429)) => "throttled",
+        (Decision::Throttled { .. }, _) => "throttled",
         (Decision::RetryAt { .. }, None) => "timeout",
         (Decision::RetryAt { .. }, Some(_)) => "retry",
     }
@@ -153,16 +153,20 @@ pub fn decide(
             report.http_status = status;
             let age = Duration::from_millis(now_ms.saturating_sub(lease.process_requested_at_ms));
             // A 429 says "later", not "broken": it spends no attempts, only age.
-            let budget_left = if status == Some(429) {
+            let throttled = status == Some(429);
+            let budget_left = if throttled {
                 age < policy.max_age
             } else {
                 policy.allows_retry(lease.attempt, age)
             };
             if outage || budget_left {
                 let delay = policy.delay(lease.attempt, retry_after, &mut rand::rng());
+                let due_ms = now_ms + delay.as_millis() as u64;
                 report.error = Some(error);
-                Decision::RetryAt {
-                    due_ms: now_ms + delay.as_millis() as u64,
+                if throttled {
+                    Decision::Throttled { due_ms }
+                } else {
+                    Decision::RetryAt { due_ms }
                 }
             } else {
                 report.error = Some(format!(
@@ -298,7 +302,7 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::RetryAt { .. }));
+        assert!(matches!(decision, Decision::Throttled { .. }));
         let too_old = 1_000 + policy().max_age.as_millis() as u64;
         let (decision, _) = decide(
             &policy(),
@@ -326,6 +330,6 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::RetryAt { due_ms } if due_ms >= 9_000));
+        assert!(matches!(decision, Decision::Throttled { due_ms } if due_ms >= 9_000));
     }
 }

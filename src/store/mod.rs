@@ -111,8 +111,25 @@ pub struct Lease {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     Sent,
-    RetryAt { due_ms: u64 },
+    RetryAt {
+        due_ms: u64,
+    },
+    /// Try again at `due_ms`; the attempt was throttled (429), so it does not
+    /// count against the retry budget: the next lease runs its number again.
+    Throttled {
+        due_ms: u64,
+    },
     Failed,
+}
+
+impl Decision {
+    /// When the request is tried again, if it is.
+    pub fn next_attempt_at_ms(self) -> Option<u64> {
+        match self {
+            Self::RetryAt { due_ms } | Self::Throttled { due_ms } => Some(due_ms),
+            Self::Sent | Self::Failed => None,
+        }
+    }
 }
 
 /// How the database is tuned.
@@ -455,9 +472,7 @@ impl Store {
         decision: Decision,
     ) -> Result<Status, StoreError> {
         let now = now_ms();
-        if let Decision::RetryAt { due_ms } = decision {
-            report.next_attempt_at_ms = Some(due_ms);
-        }
+        report.next_attempt_at_ms = decision.next_attempt_at_ms();
         let priority = lease.notification.priority;
         let trees = (
             &self.leases,
@@ -483,11 +498,14 @@ impl Store {
                     record.status = Status::Failed;
                     pending::adjust(meta, priority, -1)?;
                 }
-                Decision::RetryAt { due_ms } => {
+                Decision::RetryAt { due_ms } | Decision::Throttled { due_ms } => {
                     let key = OutboxKey::new(record.notification.priority, due_ms, lease.id);
                     outbox.insert(&key.encode(), &b""[..])?;
                     record.next_attempt_at_ms = Some(due_ms);
                 }
+            }
+            if let Decision::Throttled { .. } = decision {
+                record.attempts = record.attempts.saturating_sub(1);
             }
             record.last_error = report.error.clone();
             let event = EventKind::AttemptFinished(report.clone());
@@ -496,7 +514,7 @@ impl Store {
             Ok(record.status)
         })?;
         match decision {
-            Decision::RetryAt { .. } => {
+            Decision::RetryAt { .. } | Decision::Throttled { .. } => {
                 self.depth
                     .moved(priority, EntryState::Leased, EntryState::Waiting)
             }
@@ -771,6 +789,40 @@ mod tests {
         assert_eq!((lease.id, lease.attempt), (id, 2));
         let events = store.events(id).unwrap().unwrap();
         assert!(events.iter().any(|e| e.kind == EventKind::LeaseRecovered));
+    }
+
+    #[tokio::test]
+    async fn a_throttled_attempt_does_not_count_against_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        let now = now_ms();
+        let mut attempts = Vec::new();
+        for decision in [
+            Decision::Throttled { due_ms: now },
+            Decision::RetryAt { due_ms: now },
+            Decision::Throttled { due_ms: now },
+            Decision::Sent,
+        ] {
+            let lease = store.lease_next_due(now + 1).unwrap().unwrap();
+            attempts.push(lease.attempt);
+            let report = AttemptReport {
+                attempt: lease.attempt,
+                ..AttemptReport::default()
+            };
+            store
+                .finish_attempt(&lease, report, decision)
+                .await
+                .unwrap();
+        }
+        assert_eq!(attempts, [1, 1, 2, 2]);
+        let record = store.get(id).unwrap().unwrap();
+        assert_eq!((record.status, record.attempts), (Status::Sent, 2));
+        let finished = store.events(id).unwrap().unwrap();
+        let finished = finished
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::AttemptFinished(_)));
+        assert_eq!(finished.count(), 4, "the history keeps every call");
     }
 
     #[tokio::test]
