@@ -47,6 +47,8 @@ pub struct Application {
     store: Arc<Store>,
     dispatcher: Dispatcher,
     retention: Duration,
+    /// How long open connections may hold up the shutdown, once accepting stops.
+    connections_grace: Duration,
     router: axum::Router,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
@@ -90,6 +92,7 @@ impl Application {
             store,
             dispatcher,
             retention: Duration::from_secs(config.retention_secs),
+            connections_grace: Duration::from_millis(config.shutdown_grace_ms),
             router: api::router(state),
             metrics,
             shutdown: CancellationToken::new(),
@@ -118,9 +121,17 @@ impl Application {
         let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
         let sweeper = tokio::spawn(sweeper);
         let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
-            .await;
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        let served = tokio::select! {
+            served = server => served,
+            () = past_grace(&self.shutdown, self.connections_grace) => {
+                // A client holding a connection open (say, a request sent by
+                // halves) must not keep the outbox from being flushed.
+                tracing::warn!(grace = ?self.connections_grace, "connections still open; closing them");
+                Ok(())
+            }
+        };
         // Whatever ended the server, stop the dispatcher too.
         self.shutdown.cancel();
         tracing::info!("stopped accepting; draining");
@@ -150,4 +161,10 @@ impl Application {
         }
         served.map_err(AppError::Serve)
     }
+}
+
+/// Resolves `grace` after `shutdown` is cancelled.
+async fn past_grace(shutdown: &CancellationToken, grace: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(grace).await;
 }

@@ -43,6 +43,38 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_client_holding_a_connection_open_does_not_hold_up_the_shutdown() {
+    use tokio::io::AsyncWriteExt;
+
+    let provider = spawn_provider_with_latency(1, 1).await;
+    let data_dir = TempDir::new().unwrap();
+    let client = reqwest::Client::new();
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &["--shutdown-grace-ms", "300"]);
+    herald.wait_ready(&client).await;
+    let id = herald.create(&client).await;
+
+    // Half a request: its body never comes, and the connection stays open.
+    let address = herald.address.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = "POST /v1/requests HTTP/1.1\r\nHost: herald\r\n\
+        Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"to\":";
+    stalled.write_all(head.as_bytes()).await.unwrap();
+
+    let terminated = tokio::task::spawn_blocking(|| herald.terminate());
+    let status = tokio::time::timeout(Duration::from_secs(30), terminated)
+        .await
+        .expect("the shutdown did not wait for the stalled client")
+        .unwrap();
+    assert!(status.success(), "exit 0");
+    drop(stalled);
+
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    herald.wait_ready(&client).await;
+    assert_eq!(herald.request(&client, &id).await["status"], "queued");
+    assert!(herald.terminate().success());
+}
+
+#[tokio::test]
 async fn healthcheck_exits_zero_only_when_herald_answers() {
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
     let data_dir = TempDir::new().unwrap();

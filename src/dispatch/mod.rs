@@ -154,9 +154,10 @@ impl Dispatcher {
         loop {
             // Register before looking, so a wake between the look and the wait is kept.
             let woken = self.context.wake.notified();
+            let now = now_ms(); // read once: a second read could pass `due`
             let wait = match self.context.store.next_due_ms()? {
-                Some(due) if due <= now_ms() => return Ok(()),
-                Some(due) => Some(Duration::from_millis(due - now_ms())),
+                Some(due) if due <= now => return Ok(()),
+                Some(due) => Some(Duration::from_millis(due - now)),
                 None => None,
             };
             match wait {

@@ -185,14 +185,21 @@ fn describe_transport_error(error: &reqwest::Error) -> String {
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
+/// The longest `Retry-After` honoured. It pauses every call, so a larger value
+/// (a day, or a number that would overflow a clock) is taken as this much.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `Retry-After` as seconds or as an HTTP date, at most [`MAX_RETRY_AFTER`].
 fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let date = httpdate::parse_http_date(value).ok()?;
+            date.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -219,6 +226,11 @@ mod tests {
             Some(Duration::from_secs(20))
         );
         assert_eq!(parse_retry_after(&headers("soon"), now), None);
+        let forever = u64::MAX.to_string();
+        assert_eq!(
+            parse_retry_after(&headers(&forever), now),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(parse_retry_after(&HeaderMap::new(), now), None);
     }
 
