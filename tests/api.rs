@@ -132,6 +132,9 @@ async fn unknown_and_malformed_ids_are_404_with_a_json_error() {
         format!("/v1/requests/{unknown}/events"),
         "/v1/requests/not-an-id".to_string(),
         "/v1/requests/%00%01".to_string(),
+        // Not UTF-8 once decoded.
+        "/v1/requests/%FF".to_string(),
+        "/v1/requests/%FF/events".to_string(),
     ] {
         let response = app.get(&path).await;
         assert_eq!(response.status(), 404, "{path}");
@@ -144,7 +147,7 @@ async fn unknown_and_malformed_ids_are_404_with_a_json_error() {
                 .contains("no request")
         );
     }
-    for id in [unknown, "12345"] {
+    for id in [unknown, "12345", "%FF"] {
         let response = app.process(id).await;
         assert_eq!(response.status(), 404);
         assert_eq!(
@@ -208,6 +211,13 @@ async fn invalid_bodies_get_the_right_status_and_are_never_stored() {
             "validation_failed",
         ),
         (json!(["to", "message"]), 422, "validation_failed"),
+        // serde alone would read an array of four as the four fields.
+        (
+            json!(["x@y.z", "hi", "email", "high"]),
+            422,
+            "validation_failed",
+        ),
+        (json!("x@y.z"), 422, "validation_failed"),
         (
             json!({"to": "x", "message": long_message, "type": "sms"}),
             413,

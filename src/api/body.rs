@@ -17,8 +17,9 @@ pub const MAX_TO_CHARS: usize = 512;
 pub const MAX_MESSAGE_CHARS: usize = 10_000;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// The create body as sent; every field optional so a missing one gets its own message.
-/// The schema attributes describe what a valid body must hold.
+// Every field is optional here so that a missing one gets its own message;
+// the schema attributes describe what a valid body must hold.
+/// A notification to deliver: a JSON object.
 #[derive(Deserialize, ToSchema)]
 #[schema(as = NewRequest, example = json!({"to": "user@example.com", "message": "Your code is 1234", "type": "email"}))]
 pub struct CreateBody {
@@ -49,12 +50,23 @@ pub fn parse_create(
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(not_an_object(&body));
+    }
     let parsed: CreateBody =
         serde_json::from_slice(&body).map_err(|error| match error.classify() {
             Category::Data => ApiError::Validation(format!("invalid body: {error}")),
             _ => ApiError::MalformedJson(error.to_string()),
         })?;
     validate(parsed)
+}
+
+/// serde would take an array for the struct too, field by field.
+fn not_an_object(body: &[u8]) -> ApiError {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Ok(_) => ApiError::Validation("the body must be a JSON object".into()),
+        Err(error) => ApiError::MalformedJson(error.to_string()),
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -187,6 +199,17 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        for json in [r#"["x@y.z", "hi", "email", "high"]"#, r#" "x""#, "42"] {
+            assert!(
+                matches!(parse(json), Err(ApiError::Validation(_))),
+                "{json}"
+            );
+        }
+        assert!(matches!(parse("[1,"), Err(ApiError::MalformedJson(_))));
     }
 
     #[test]

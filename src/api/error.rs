@@ -1,10 +1,13 @@
 //! The API's one error type, and the one place errors become HTTP answers:
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
+use std::any::Any;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::ToSchema;
 
 use crate::store::StoreError;
@@ -117,6 +120,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Answers a handler's panic as a JSON `500` instead of dropping the connection.
+pub fn panics_as_internal_errors() -> CatchPanicLayer<fn(Box<dyn Any + Send>) -> Response> {
+    CatchPanicLayer::custom(|panic: Box<dyn Any + Send>| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        tracing::error!(reason, "a handler panicked; answering 500");
+        ApiError::Internal.into_response()
+    })
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
@@ -131,5 +147,33 @@ impl From<StoreError> for ApiError {
                 ApiError::Internal
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::routing::get;
+
+    async fn boom() -> &'static str {
+        panic!("deliberately")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500() {
+        let router = Router::new()
+            .route("/boom", get(boom))
+            .layer(panics_as_internal_errors());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        let response = reqwest::get(format!("http://{address}/boom"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal_error");
     }
 }

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(body_limit)
+        .layer(error::panics_as_internal_errors())
         .layer(middleware::from_fn(observe::track_requests))
         .with_state(state)
 }

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -185,7 +186,8 @@ pub async fn create(
 /// Ask for delivery.
 ///
 /// `202` when the request entered the outbox now; `200` with its current
-/// status when delivery had been asked for before. It is never sent twice.
+/// status when delivery had been asked for before: a second call changes
+/// nothing. Delivery is at-least-once (a crash mid-call may repeat that call).
 #[utoipa::path(
     post,
     path = "/v1/requests/{id}/process",
@@ -195,13 +197,13 @@ pub async fn create(
         (status = 202, description = "Delivery starts", body = StatusView),
         (status = 200, description = "Delivery was already asked for", body = StatusView),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 503, description = "Storage unavailable: not accepted", body = ErrorBody),
     )
 )]
 pub async fn process(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    IdParam { id, .. }: IdParam,
 ) -> Result<(StatusCode, Json<StatusView>), ApiError> {
-    let id = parse_id(&raw_id)?;
     async move {
         let (code, status) = match state.store.request_processing(id).await? {
             ProcessOutcome::Accepted(status) => {
@@ -234,13 +236,9 @@ pub async fn process(
 )]
 pub async fn status(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    IdParam { id, raw }: IdParam,
 ) -> Result<Json<RequestView>, ApiError> {
-    let id = parse_id(&raw_id)?;
-    let record = state
-        .store
-        .get(id)?
-        .ok_or(ApiError::RequestNotFound(raw_id))?;
+    let record = state.store.get(id)?.ok_or(ApiError::RequestNotFound(raw))?;
     Ok(Json(record.into()))
 }
 
@@ -257,21 +255,41 @@ pub async fn status(
 )]
 pub async fn events(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    IdParam { id, raw }: IdParam,
 ) -> Result<Json<HistoryView>, ApiError> {
-    let id = parse_id(&raw_id)?;
     let events = state
         .store
         .events(id)?
-        .ok_or(ApiError::RequestNotFound(raw_id))?;
+        .ok_or(ApiError::RequestNotFound(raw))?;
     Ok(Json(HistoryView {
         id: id.to_string(),
         events: events.into_iter().map(EventView::from).collect(),
     }))
 }
 
-/// A path segment that is not an id names no request: `404`, not `400` or `500`.
-fn parse_id(raw: &str) -> Result<RequestId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::RequestNotFound(raw.to_string()))
+/// The `{id}` of a request's URL. A segment that is not an id, or not even
+/// UTF-8, names no request: `404` in JSON, not `400` or `500`.
+pub struct IdParam {
+    id: RequestId,
+    /// As the client wrote it, for the error message.
+    raw: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(raw)) => raw,
+            // Only the `{id}` segment can fail to decode: name it as sent.
+            Err(_) => {
+                let segment = parts.uri.path().split('/').nth(3).unwrap_or_default();
+                return Err(ApiError::RequestNotFound(segment.to_string()));
+            }
+        };
+        match raw.parse() {
+            Ok(id) => Ok(Self { id, raw }),
+            Err(_) => Err(ApiError::RequestNotFound(raw)),
+        }
+    }
 }
