@@ -78,6 +78,20 @@ impl CircuitBreaker {
         }
     }
 
+    /// The probe admitted last was not sent after all (nothing was due, or
+    /// the outbox could not be read): let the next caller be the probe.
+    pub fn probe_not_sent(&self) {
+        let mut state = self.lock();
+        if *state == BreakerState::HalfOpen {
+            *state = BreakerState::Open {
+                until: Instant::now(),
+            };
+            let now = *state;
+            drop(state);
+            self.changed(now);
+        }
+    }
+
     /// The provider answered: close the breaker.
     pub fn record_success(&self) {
         let mut state = self.lock();
@@ -164,6 +178,23 @@ mod tests {
         assert!(matches!(breaker.state(), BreakerState::Open { .. }));
         breaker.admitted().await;
         breaker.record_success();
+        assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_not_sent_lets_the_next_caller_probe() {
+        let breaker = breaker(1);
+        assert!(breaker.record_failure());
+        breaker.admitted().await;
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        breaker.probe_not_sent();
+        tokio::time::timeout(Duration::from_secs(1), breaker.admitted())
+            .await
+            .expect("admitted again at once, as the probe");
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+
+        breaker.record_success();
+        breaker.probe_not_sent();
         assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
     }
 }

@@ -111,11 +111,11 @@ impl Dispatcher {
 
     /// Runs until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) {
-        self.running.store(true, Ordering::Relaxed);
+        let _running = Running::set(&self.running);
         // Work recovered or scheduled before this start is picked up by the first scan.
         let mut attempts = JoinSet::new();
         loop {
-            while attempts.try_join_next().is_some() {}
+            reap_finished(&mut attempts);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -128,7 +128,6 @@ impl Dispatcher {
             }
         }
         self.drain(attempts).await;
-        self.running.store(false, Ordering::Relaxed);
     }
 
     /// Waits for a slot, due work, the breaker and the pacer, then leases the
@@ -142,11 +141,14 @@ impl Dispatcher {
         let waiting = std::time::Instant::now();
         self.context.pacer.until_ready().await;
         crate::instruments::rate_limiter_wait(waiting.elapsed());
-        if let Some(lease) = self.context.store.lease_next_due(now_ms())? {
-            let span = tracing::info_span!("request", id = %lease.id);
-            let context = self.context.clone();
-            attempts.spawn(run_attempt(context, lease, slot).instrument(span));
-        }
+        let leased = self.context.store.lease_next_due(now_ms());
+        let Ok(Some(lease)) = leased else {
+            self.context.breaker.probe_not_sent();
+            return leased.map(drop);
+        };
+        let span = tracing::info_span!("request", id = %lease.id);
+        let context = self.context.clone();
+        attempts.spawn(run_attempt(context, lease, slot).instrument(span));
         Ok(())
     }
 
@@ -171,7 +173,7 @@ impl Dispatcher {
     }
 
     async fn drain(&self, mut attempts: JoinSet<()>) {
-        while attempts.try_join_next().is_some() {}
+        reap_finished(&mut attempts);
         let in_flight = attempts.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace = ?self.shutdown_grace, "waiting for provider calls to finish");
@@ -193,6 +195,32 @@ impl Dispatcher {
                 Err(error) => tracing::error!(%error, "abandoned leases stay until the next start"),
             }
         }
+    }
+}
+
+/// Collects finished attempts. One that panicked left its lease: the request
+/// stays `processing` until the next start returns it to the outbox.
+fn reap_finished(attempts: &mut JoinSet<()>) {
+    while let Some(finished) = attempts.try_join_next() {
+        if let Err(error) = finished {
+            tracing::error!(%error, "an attempt failed; its request returns to the outbox at the next start");
+        }
+    }
+}
+
+/// Marks the dispatcher running for `/ready` until dropped, even by a panic.
+struct Running<'a>(&'a AtomicBool);
+
+impl<'a> Running<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Self(flag)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
