@@ -240,3 +240,36 @@ async fn high_priority_work_queued_later_is_sent_before_normal_work() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_wrong_api_key_keeps_the_work_queued_until_it_is_fixed() {
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let wrong_key = |config: &mut herald::config::GatewayConfig| {
+        config.provider_api_key = herald::config::Secret::from("not-the-key");
+        config.max_attempts = 2;
+    };
+    let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), wrong_key).await;
+    let id = app.submit(&email()).await;
+    // Twice its attempt budget, all refused: the request is still not failed.
+    let refused_calls = async {
+        while app.attempts_of(&id).await.len() < 4 && app.status_of(&id).await != "failed" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(common::SETTLE_TIMEOUT, refused_calls)
+        .await
+        .expect("four calls made");
+    assert!(
+        http_statuses(&app.attempts_of(&id).await)
+            .iter()
+            .all(|&s| s == 401)
+    );
+    assert_ne!(app.status_of(&id).await, "failed");
+    let data_dir = app.stop().await;
+
+    // Restarted with the right key, the same request goes out.
+    let app = spawn_gateway(&provider.url(), data_dir, |_| {}).await;
+    assert_eq!(app.wait_until_final(&id).await, "sent");
+    assert_eq!(provider.simulator.deliveries_of(&id), 1);
+    app.stop().await;
+}

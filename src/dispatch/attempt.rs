@@ -52,7 +52,7 @@ impl AttemptContext {
         match decision {
             Decision::Sent => instruments::request_finished("sent"),
             Decision::Failed => instruments::request_finished("failed"),
-            Decision::RetryAt { .. } | Decision::Throttled { .. } => {}
+            Decision::RetryAt { .. } | Decision::Deferred { .. } => {}
         }
         self.wake.notify_one();
     }
@@ -110,7 +110,8 @@ fn attempt_outcome(report: &AttemptReport, decision: Decision) -> &'static str {
     match (decision, report.http_status) {
         (Decision::Sent, _) => "sent",
         (Decision::Failed, _) => "failed",
-        (Decision::Throttled { .. }, _) => "throttled",
+        (Decision::Deferred { .. }, Some(429)) => "throttled",
+        (Decision::Deferred { .. }, _) => "retry",
         (Decision::RetryAt { .. }, None) => "timeout",
         (Decision::RetryAt { .. }, Some(_)) => "retry",
     }
@@ -131,6 +132,7 @@ pub fn decide(
         latency_ms: latency.as_millis() as u64,
         ..AttemptReport::default()
     };
+    let deferred = outcome.spends_no_attempt();
     let decision = match outcome {
         CallOutcome::Delivered {
             status,
@@ -152,9 +154,9 @@ pub fn decide(
         } => {
             report.http_status = status;
             let age = Duration::from_millis(now_ms.saturating_sub(lease.process_requested_at_ms));
-            // A 429 says "later", not "broken": it spends no attempts, only age.
-            let throttled = status == Some(429);
-            let budget_left = if throttled {
+            // A 429 says "later", not "broken", and a refused key or URL is
+            // Herald's fault, not the request's: they spend no attempts, only age.
+            let budget_left = if deferred {
                 age < policy.max_age
             } else {
                 policy.allows_retry(lease.attempt, age)
@@ -163,8 +165,8 @@ pub fn decide(
                 let delay = policy.delay(lease.attempt, retry_after, &mut rand::rng());
                 let due_ms = now_ms + delay.as_millis() as u64;
                 report.error = Some(error);
-                if throttled {
-                    Decision::Throttled { due_ms }
+                if deferred {
+                    Decision::Deferred { due_ms }
                 } else {
                     Decision::RetryAt { due_ms }
                 }
@@ -288,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_key_spends_no_attempts_only_age() {
+        let refused = CallOutcome::Transient {
+            status: Some(401),
+            retry_after: None,
+            error: "HTTP 401".into(),
+        };
+        let (decision, _) = decide(&policy(), &lease(50), refused, false, Duration::ZERO, 2_000);
+        assert!(matches!(decision, Decision::Deferred { .. }));
+    }
+
+    #[test]
     fn throttling_spends_no_attempts_only_age() {
         let throttled = || CallOutcome::Transient {
             status: Some(429),
@@ -302,7 +315,7 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::Throttled { .. }));
+        assert!(matches!(decision, Decision::Deferred { .. }));
         let too_old = 1_000 + policy().max_age.as_millis() as u64;
         let (decision, _) = decide(
             &policy(),
@@ -330,6 +343,6 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::Throttled { due_ms } if due_ms >= 9_000));
+        assert!(matches!(decision, Decision::Deferred { due_ms } if due_ms >= 9_000));
     }
 }

@@ -30,7 +30,9 @@ pub enum CallOutcome {
         status: u16,
         provider_id: Option<String>,
     },
-    /// Worth another try: `408`, `429`, `5xx`, a timeout or an unreachable provider.
+    /// Worth another try: `408`, `429`, `5xx`, a timeout or an unreachable
+    /// provider, and `401`/`403`/`404`, which refuse Herald's key or URL, not
+    /// the request: a configuration fault, fixed for every request at once.
     Transient {
         status: Option<u16>,
         retry_after: Option<Duration>,
@@ -45,7 +47,22 @@ impl CallOutcome {
     /// unhappy with one request): what the circuit breaker counts.
     pub fn is_provider_failure(&self) -> bool {
         match self {
-            CallOutcome::Transient { status, .. } => status.is_none_or(|s| s >= 500),
+            CallOutcome::Transient { status, .. } => {
+                status.is_none_or(|s| s >= 500 || refuses_herald(s))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the answer is about the provider's state or Herald's
+    /// configuration, not the request: `429`, `401`, `403`, `404`. Such an
+    /// attempt spends no retry budget, only age.
+    pub fn spends_no_attempt(&self) -> bool {
+        match self {
+            CallOutcome::Transient {
+                status: Some(status),
+                ..
+            } => *status == 429 || refuses_herald(*status),
             _ => false,
         }
     }
@@ -142,6 +159,9 @@ async fn classify_response(response: reqwest::Response) -> CallOutcome {
         };
     }
     let error = error_text(status, response.text().await.unwrap_or_default());
+    if refuses_herald(status.as_u16()) {
+        tracing::error!(%error, "the provider refuses Herald's key or URL: check PROVIDER_API_KEY and PROVIDER_URL; work stays queued");
+    }
     if is_transient(status) {
         CallOutcome::Transient {
             status: Some(status.as_u16()),
@@ -160,6 +180,15 @@ fn is_transient(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
+        || refuses_herald(status.as_u16())
+}
+
+/// A wrong `X-API-Key` (`401`), a missing one (`403`) or a wrong
+/// `PROVIDER_URL` (`404`): failing every request for it would empty the
+/// outbox into `failed` at the provider's pace; the breaker holds the work
+/// instead, until the configuration is fixed.
+fn refuses_herald(status: u16) -> bool {
+    matches!(status, 401 | 403 | 404)
 }
 
 fn error_text(status: StatusCode, body: String) -> String {
@@ -235,17 +264,17 @@ mod tests {
     }
 
     #[test]
-    fn transient_statuses_are_408_429_and_5xx() {
-        for code in [408, 429, 500, 502, 503, 504] {
+    fn transient_statuses_are_408_429_5xx_and_a_refused_key_or_url() {
+        for code in [401, 403, 404, 408, 429, 500, 502, 503, 504] {
             assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
         }
-        for code in [400, 401, 403, 404, 409, 422] {
+        for code in [400, 409, 413, 422] {
             assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
         }
     }
 
     #[test]
-    fn only_server_trouble_counts_against_the_breaker() {
+    fn only_trouble_with_the_provider_itself_counts_against_the_breaker() {
         let transient = |status| CallOutcome::Transient {
             status,
             retry_after: None,
@@ -253,6 +282,8 @@ mod tests {
         };
         assert!(transient(None).is_provider_failure());
         assert!(transient(Some(503)).is_provider_failure());
+        assert!(transient(Some(401)).is_provider_failure());
+        assert!(!transient(Some(408)).is_provider_failure());
         assert!(!transient(Some(429)).is_provider_failure());
         assert!(transient(Some(429)).is_throttled());
     }

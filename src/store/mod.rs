@@ -114,9 +114,10 @@ pub enum Decision {
     RetryAt {
         due_ms: u64,
     },
-    /// Try again at `due_ms`; the attempt was throttled (429), so it does not
-    /// count against the retry budget: the next lease runs its number again.
-    Throttled {
+    /// Try again at `due_ms`, and the attempt does not count against the
+    /// retry budget (the provider said "later", or refused Herald itself, not
+    /// the request): the next lease runs its number again.
+    Deferred {
         due_ms: u64,
     },
     Failed,
@@ -126,7 +127,7 @@ impl Decision {
     /// When the request is tried again, if it is.
     pub fn next_attempt_at_ms(self) -> Option<u64> {
         match self {
-            Self::RetryAt { due_ms } | Self::Throttled { due_ms } => Some(due_ms),
+            Self::RetryAt { due_ms } | Self::Deferred { due_ms } => Some(due_ms),
             Self::Sent | Self::Failed => None,
         }
     }
@@ -498,13 +499,13 @@ impl Store {
                     record.status = Status::Failed;
                     pending::adjust(meta, priority, -1)?;
                 }
-                Decision::RetryAt { due_ms } | Decision::Throttled { due_ms } => {
+                Decision::RetryAt { due_ms } | Decision::Deferred { due_ms } => {
                     let key = OutboxKey::new(record.notification.priority, due_ms, lease.id);
                     outbox.insert(&key.encode(), &b""[..])?;
                     record.next_attempt_at_ms = Some(due_ms);
                 }
             }
-            if let Decision::Throttled { .. } = decision {
+            if let Decision::Deferred { .. } = decision {
                 record.attempts = record.attempts.saturating_sub(1);
             }
             record.last_error = report.error.clone();
@@ -514,7 +515,7 @@ impl Store {
             Ok(record.status)
         })?;
         match decision {
-            Decision::RetryAt { .. } | Decision::Throttled { .. } => {
+            Decision::RetryAt { .. } | Decision::Deferred { .. } => {
                 self.depth
                     .moved(priority, EntryState::Leased, EntryState::Waiting)
             }
@@ -792,16 +793,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_throttled_attempt_does_not_count_against_the_budget() {
+    async fn a_deferred_attempt_does_not_count_against_the_budget() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = processed(&store, Priority::Normal).await;
         let now = now_ms();
         let mut attempts = Vec::new();
         for decision in [
-            Decision::Throttled { due_ms: now },
+            Decision::Deferred { due_ms: now },
             Decision::RetryAt { due_ms: now },
-            Decision::Throttled { due_ms: now },
+            Decision::Deferred { due_ms: now },
             Decision::Sent,
         ] {
             let lease = store.lease_next_due(now + 1).unwrap().unwrap();

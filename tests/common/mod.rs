@@ -222,9 +222,19 @@ impl TestApp {
     }
 
     /// Shuts the app down as SIGTERM would, and checks it stopped cleanly.
+    /// The data directory is free to open again once this returns.
     pub async fn stop(self) -> TempDir {
-        self.shutdown.cancel();
-        self.task.await.expect("app task").expect("clean shutdown");
-        self.data_dir
+        let Self {
+            store,
+            shutdown,
+            task,
+            data_dir,
+            ..
+        } = self;
+        // The app closes the store (and releases its lock) only as its last holder.
+        drop(store);
+        shutdown.cancel();
+        task.await.expect("app task").expect("clean shutdown");
+        data_dir
     }
 }
