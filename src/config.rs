@@ -109,7 +109,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
     pub rate_per_sec: f64,
 
-    /// Calls allowed at once above the steady rate.
+    /// Calls that may go back to back before the rate spaces them (governor's
+    /// burst; 1: every call waits its turn).
     #[arg(long, env = "HERALD_RATE_BURST", default_value_t = 1)]
     pub rate_burst: u32,
 

@@ -117,8 +117,9 @@ fn attempt_outcome(report: &AttemptReport, decision: Decision) -> &'static str {
     }
 }
 
-/// What an attempt's outcome means for the request. During an outage a
-/// transient failure is always retried: an outage never fails a request.
+/// What an attempt's outcome means for the request. While the breaker is open
+/// (`outage`) a transient failure is always retried; the failures that open
+/// it are judged by the retry budget like any other.
 pub fn decide(
     policy: &RetryPolicy,
     lease: &Lease,

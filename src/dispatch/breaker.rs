@@ -1,6 +1,7 @@
 //! The circuit breaker: after a run of consecutive provider failures, stop
 //! calling for a cool-down, then let a single probe decide whether to resume.
-//! While it is open, work waits in the outbox; nothing is failed for an outage.
+//! While it is open, work waits in the outbox: no failure fails a request
+//! then. (The failures that open it are judged by the retry budget as usual.)
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -45,6 +46,7 @@ impl CircuitBreaker {
         breaker
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> BreakerState {
         *self.lock()
     }

@@ -151,6 +151,7 @@ impl Pacer {
     }
 
     /// The least time between calls that `429`s currently impose.
+    #[cfg(test)]
     pub fn imposed_gap(&self) -> Duration {
         self.lock().gap()
     }

@@ -33,9 +33,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 
 pub use codec::{CodecError, RECORD_VERSION, decode, encode};
-pub use commit::{FlushResult, FlushStats, GroupCommit};
-pub use depth::EntryState;
-pub use format::FORMAT_VERSION;
+pub use commit::{FlushStats, GroupCommit};
+use depth::EntryState;
+use format::FORMAT_VERSION;
 pub use keys::OutboxKey;
 pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
 pub use retention::PurgeBatch;

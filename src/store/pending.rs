@@ -33,7 +33,18 @@ pub fn adjust(meta: &TransactionalTree, priority: Priority, delta: i64) -> TxRes
         Some(bytes) => decode_count(&bytes).map_err(ConflictableTransactionError::Abort)?,
         None => 0,
     };
-    meta.insert(&key, &current.saturating_add_signed(delta).to_be_bytes())?;
+    let adjusted = current.checked_add_signed(delta).unwrap_or_else(|| {
+        // Every decrement follows its increment; one that would go below zero
+        // is a bug worth seeing, and zero is the closest true count.
+        tracing::error!(
+            priority = priority.as_str(),
+            current,
+            delta,
+            "pending count would go below zero"
+        );
+        0
+    });
+    meta.insert(&key, &adjusted.to_be_bytes())?;
     Ok(())
 }
 

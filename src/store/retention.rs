@@ -47,10 +47,14 @@ impl Store {
         let mut scanned = 0;
         let mut last_seen = None;
         for entry in self.requests.range(range).take(limit) {
-            let (_, bytes) = entry?;
-            let record: RequestRecord = decode(&bytes)?;
+            let (key, bytes) = entry?;
             scanned += 1;
-            last_seen = Some(record.id);
+            last_seen = <[u8; 16]>::try_from(key.as_ref())
+                .ok()
+                .map(RequestId::from_bytes);
+            let Some(record) = readable::<RequestRecord>(&key, &bytes) else {
+                continue;
+            };
             if record.status.is_terminal() && record.updated_at_ms < cutoff_ms {
                 expired.push(record);
             }
@@ -76,16 +80,16 @@ impl Store {
         let mut purged = 0;
         for entry in self.idempotency.iter() {
             let (key, bytes) = entry?;
-            let binding: IdempotencyRecord = decode(&bytes)?;
+            let Some(binding) = readable::<IdempotencyRecord>(&key, &bytes) else {
+                continue;
+            };
             let id = binding.id.as_bytes();
             if id[..] >= cutoff[..] {
                 continue;
             }
             let expired = match self.requests.get(id)? {
-                Some(record) => {
-                    let record: RequestRecord = decode(&record)?;
-                    record.status.is_terminal() && record.updated_at_ms < cutoff_ms
-                }
+                Some(record) => readable::<RequestRecord>(id, &record)
+                    .is_some_and(|r| r.status.is_terminal() && r.updated_at_ms < cutoff_ms),
                 None => true,
             };
             if expired {
@@ -114,6 +118,14 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+/// The record, or `None` (logged) when it cannot be decoded: one unreadable
+/// record is left for an operator rather than stop every later purge.
+fn readable<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Option<T> {
+    decode(bytes)
+        .inspect_err(|error| tracing::error!(%error, ?key, "retention: unreadable record skipped"))
+        .ok()
 }
 
 /// The smallest request id created at `ms`: every id below it is older.
@@ -237,6 +249,24 @@ mod tests {
         assert!(store.get(sent).unwrap().is_none());
         assert_eq!(store.get(replay).unwrap().unwrap().status, Status::Queued);
         assert_eq!(create(&store, Some("k")).await, replay);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_skipped_not_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let unreadable = RequestId::new();
+        store
+            .requests
+            .insert(unreadable.as_bytes(), &[1, 0xff][..])
+            .unwrap();
+        let sent = finished(&store, None, Decision::Sent).await;
+        let cutoff = now_ms() + 1;
+
+        let batch = store.purge_final_before(cutoff, None, 10).await.unwrap();
+        assert_eq!(batch.purged, 1);
+        assert!(store.get(sent).unwrap().is_none());
+        assert!(store.requests.contains_key(unreadable.as_bytes()).unwrap());
     }
 
     #[tokio::test]
