@@ -36,6 +36,11 @@ impl OutboxKey {
         key
     }
 
+    /// The priority its rank stands for (a decoded key's rank is always known).
+    pub fn priority(&self) -> Priority {
+        Priority::ALL[usize::from(self.rank)]
+    }
+
     /// `None` unless `bytes` is an encoded key of a known priority.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != OUTBOX_KEY_LEN || usize::from(bytes[0]) >= Priority::ALL.len() {

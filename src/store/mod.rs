@@ -40,7 +40,7 @@ pub use keys::OutboxKey;
 pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
 pub use retention::PurgeBatch;
 
-use crate::domain::{Notification, Priority, RequestId, Status, now_ms};
+use crate::domain::{Notification, RequestId, Status, now_ms};
 use crate::instruments;
 use depth::OutboxDepth;
 
@@ -408,47 +408,42 @@ impl Store {
     fn lease(&self, key: OutboxKey) -> Result<Option<Lease>, StoreError> {
         let now = now_ms();
         let key_bytes = key.encode();
-        let priority = Priority::ALL[usize::from(key.rank)];
-        let trees = (
-            &self.outbox,
-            &self.leases,
-            &self.requests,
-            &self.events,
-            &self.meta,
-        );
-        let taken = trees.transaction(|(outbox, leases, requests, events, meta)| {
-            if outbox.remove(&key_bytes)?.is_none() {
-                // Leased by someone else since it was read: nothing to do.
-                return Ok(Taken::Gone);
-            }
-            let mut record = match requests.get(key.id.as_bytes())? {
-                Some(bytes) => decode::<RequestRecord>(&bytes).map_err(abort_with)?,
-                None => {
-                    // An entry without its request cannot be sent: drop it, keep going.
-                    tracing::error!(id = %key.id, "outbox entry without a request; removed");
-                    pending::adjust(meta, priority, -1)?;
-                    return Ok(Taken::Orphan);
+        let priority = key.priority();
+        let taken = self.attempt_trees().transaction(
+            |(leases, outbox, requests, events, meta)| {
+                if outbox.remove(&key_bytes)?.is_none() {
+                    // Leased by someone else since it was read: nothing to do.
+                    return Ok(Taken::Gone);
                 }
-            };
-            record.status = Status::Processing;
-            record.attempts += 1;
-            record.next_attempt_at_ms = None;
-            leases.insert(key.id.as_bytes(), &key_bytes)?;
-            let attempt = record.attempts;
-            append_event(
-                events,
-                &mut record,
-                EventKind::AttemptStarted { attempt },
-                now,
-            )?;
-            put_record(requests, &record)?;
-            Ok(Taken::Leased(Lease {
-                id: record.id,
-                notification: record.notification,
-                attempt,
-                process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
-            }))
-        })?;
+                let mut record = match requests.get(key.id.as_bytes())? {
+                    Some(bytes) => decode::<RequestRecord>(&bytes).map_err(abort_with)?,
+                    None => {
+                        // An entry without its request cannot be sent: drop it, keep going.
+                        tracing::error!(id = %key.id, "outbox entry without a request; removed");
+                        pending::adjust(meta, priority, -1)?;
+                        return Ok(Taken::Orphan);
+                    }
+                };
+                record.status = Status::Processing;
+                record.attempts += 1;
+                record.next_attempt_at_ms = None;
+                leases.insert(key.id.as_bytes(), &key_bytes)?;
+                let attempt = record.attempts;
+                append_event(
+                    events,
+                    &mut record,
+                    EventKind::AttemptStarted { attempt },
+                    now,
+                )?;
+                put_record(requests, &record)?;
+                Ok(Taken::Leased(Lease {
+                    id: record.id,
+                    notification: record.notification,
+                    attempt,
+                    process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
+                }))
+            },
+        )?;
         match taken {
             Taken::Leased(lease) => {
                 let priority = lease.notification.priority;
@@ -475,13 +470,7 @@ impl Store {
         let now = now_ms();
         report.next_attempt_at_ms = decision.next_attempt_at_ms();
         let priority = lease.notification.priority;
-        let trees = (
-            &self.leases,
-            &self.outbox,
-            &self.requests,
-            &self.events,
-            &self.meta,
-        );
+        let trees = self.attempt_trees();
         let status = trees.transaction(|(leases, outbox, requests, events, meta)| {
             if leases.remove(lease.id.as_bytes())?.is_none() {
                 // Recovered meanwhile: the request is back in the outbox and
@@ -525,6 +514,18 @@ impl Store {
         Ok(status)
     }
 
+    /// The trees leasing, finishing and recovering an attempt write, in the
+    /// order their transactions name them: leases, outbox, requests, events, meta.
+    fn attempt_trees(&self) -> (&Tree, &Tree, &Tree, &Tree, &Tree) {
+        (
+            &self.leases,
+            &self.outbox,
+            &self.requests,
+            &self.events,
+            &self.meta,
+        )
+    }
+
     /// Puts every leased entry back in the outbox, due now, keeping its priority.
     /// Runs at open (after a crash) and after a shutdown that abandoned attempts.
     pub fn recover_leases(&self) -> Result<usize, StoreError> {
@@ -533,14 +534,8 @@ impl Store {
         for entry in self.leases.iter() {
             let (id_bytes, key_bytes) = entry?;
             let leased_from = decode_outbox_key(&key_bytes)?;
-            let priority = Priority::ALL[usize::from(leased_from.rank)];
-            let trees = (
-                &self.leases,
-                &self.outbox,
-                &self.requests,
-                &self.events,
-                &self.meta,
-            );
+            let priority = leased_from.priority();
+            let trees = self.attempt_trees();
             let returned = trees.transaction(|(leases, outbox, requests, events, meta)| {
                 leases.remove(&id_bytes)?;
                 let Some(bytes) = requests.get(leased_from.id.as_bytes())? else {
@@ -657,7 +652,7 @@ fn advance_history(record: &mut RequestRecord, now: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Channel;
+    use crate::domain::{Channel, Priority};
 
     /// A valid notification; the store's other test modules use it too.
     pub(super) fn notification(priority: Priority) -> Notification {
@@ -676,6 +671,14 @@ mod tests {
         };
         store.request_processing(id).await.unwrap();
         id
+    }
+
+    /// A fresh store holding one normal request, processed: due in the outbox.
+    async fn store_with_one_processed() -> (tempfile::TempDir, Store, RequestId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::Normal).await;
+        (dir, store, id)
     }
 
     #[tokio::test]
@@ -697,9 +700,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_returns_to_the_outbox_and_a_final_outcome_leaves_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
+        let (_dir, store, id) = store_with_one_processed().await;
         let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
         let later = now_ms() + 60_000;
         let report = AttemptReport {
@@ -747,9 +748,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_record_implies_its_created_and_process_events_and_attempts_are_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
+        let (_dir, store, id) = store_with_one_processed().await;
         let stored_sequences = || -> Vec<u32> {
             let stored = store.events.scan_prefix(id.as_bytes()).keys();
             stored
@@ -794,9 +793,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deferred_attempt_does_not_count_against_the_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
+        let (_dir, store, id) = store_with_one_processed().await;
         let now = now_ms();
         let mut attempts = Vec::new();
         for decision in [
@@ -828,9 +825,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outbox_entry_is_leased_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
+        let (_dir, store, id) = store_with_one_processed().await;
         let key = store.outbox.iter().next().unwrap().unwrap().0;
         let key = decode_outbox_key(&key).unwrap();
         let first = store.lease(key).unwrap().unwrap();
@@ -842,9 +837,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_attempt_whose_lease_was_recovered_records_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
+        let (_dir, store, id) = store_with_one_processed().await;
         let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
         assert_eq!(store.recover_leases().unwrap(), 1);
 
@@ -874,9 +867,7 @@ mod tests {
 
     #[tokio::test]
     async fn processing_twice_and_unknown_ids_change_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
+        let (_dir, store, id) = store_with_one_processed().await;
         let again = store.request_processing(id).await.unwrap();
         assert_eq!(again, ProcessOutcome::AlreadyRequested(Status::Queued));
         assert_eq!(store.pending(), 1);
