@@ -365,3 +365,39 @@ async fn a_full_outbox_refuses_creates_with_503_and_retry_after() {
     assert_eq!(app.store.request_count(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_outbox_still_answers_an_idempotent_replay() {
+    let slow = SimConfig {
+        latency_min_ms: 5_000,
+        latency_max_ms: 5_000,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(slow, |c| {
+        c.outbox_limit = 1;
+        c.shutdown_grace_ms = 100;
+    })
+    .await;
+    let send = |key: &'static str| {
+        app.client
+            .post(format!("{}/v1/requests", app.address))
+            .header("idempotency-key", key)
+            .json(&email())
+            .send()
+    };
+    let first = send("order-7").await.unwrap();
+    let id = first.json::<Value>().await.unwrap()["id"].clone();
+    assert_eq!(app.process(id.as_str().unwrap()).await.status(), 202);
+
+    let replay = send("order-7").await.unwrap();
+    assert_eq!(replay.status(), 201, "an answer already given");
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], id);
+    assert_eq!(
+        send("order-8").await.unwrap().status(),
+        503,
+        "new work waits"
+    );
+    assert_eq!(app.store.request_count(), 1);
+    app.stop().await;
+}

@@ -145,7 +145,7 @@ pub struct HistoryView {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = ErrorBody),
-        (status = 503, description = "Outbox full (with Retry-After) or storage unavailable", body = ErrorBody),
+        (status = 503, description = "Outbox full (with Retry-After; a replay is still answered) or storage unavailable", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -155,15 +155,10 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let notification = parse_create(&headers, body, state.limits.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
-    let pending = state.store.pending();
-    if pending >= state.limits.outbox_limit {
-        return Err(ApiError::OutboxFull {
-            pending,
-            limit: state.limits.outbox_limit,
-            retry_after_secs: OUTBOX_FULL_RETRY_AFTER_SECS,
-        });
-    }
-    let outcome = state.store.create(notification, key).await?;
+    let outcome = match admit(&state, key, &notification)? {
+        Some(replayed) => replayed,
+        None => state.store.create(notification, key).await?,
+    };
     let (id, replayed) = match outcome {
         CreateOutcome::Created(id) => (id, false),
         CreateOutcome::Replayed(id) => (id, true),
@@ -181,6 +176,30 @@ pub async fn create(
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Refuses a create while the outbox is full, unless it replays an
+/// idempotency key: that is an answer already given, not new work. `Some` is
+/// that replay.
+fn admit(
+    state: &AppState,
+    key: Option<&str>,
+    notification: &crate::domain::Notification,
+) -> Result<Option<CreateOutcome>, ApiError> {
+    let pending = state.store.pending();
+    if pending < state.limits.outbox_limit {
+        return Ok(None);
+    }
+    if let Some(key) = key
+        && let Some(id) = state.store.replay_of(key, notification)?
+    {
+        return Ok(Some(CreateOutcome::Replayed(id)));
+    }
+    Err(ApiError::OutboxFull {
+        pending,
+        limit: state.limits.outbox_limit,
+        retry_after_secs: OUTBOX_FULL_RETRY_AFTER_SECS,
+    })
 }
 
 /// Ask for delivery.

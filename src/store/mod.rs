@@ -279,13 +279,21 @@ impl Store {
             Ok(()) => Ok(None),
             Err(taken) => {
                 let bytes = taken.current.ok_or(StoreError::IdempotencyConflict)?;
-                let existing: IdempotencyRecord = decode(&bytes)?;
-                if existing.notification == *notification {
-                    Ok(Some(existing.id))
-                } else {
-                    Err(StoreError::IdempotencyConflict)
-                }
+                bound_id(&bytes, notification).map(Some)
             }
+        }
+    }
+
+    /// The request `key` is bound to with this same body, if any: what a
+    /// create with `key` would answer as a replay, without writing anything.
+    pub fn replay_of(
+        &self,
+        key: &str,
+        notification: &Notification,
+    ) -> Result<Option<RequestId>, StoreError> {
+        match self.idempotency.get(key)? {
+            Some(bytes) => bound_id(&bytes, notification).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -598,6 +606,17 @@ fn decode_outbox_key(bytes: &[u8]) -> Result<OutboxKey, StoreError> {
         tree: "outbox",
         len: bytes.len(),
     })
+}
+
+/// The id of an idempotency binding, or a conflict when it was made for
+/// another body.
+fn bound_id(binding: &[u8], notification: &Notification) -> Result<RequestId, StoreError> {
+    let existing: IdempotencyRecord = decode(binding)?;
+    if existing.notification == *notification {
+        Ok(existing.id)
+    } else {
+        Err(StoreError::IdempotencyConflict)
+    }
 }
 
 /// What `lease` found at an outbox entry.
