@@ -42,7 +42,7 @@ async fn healthcheck(url: &str, timeout: Duration) -> Result<(), AppError> {
 
 async fn serve(config: GatewayConfig) -> Result<(), AppError> {
     tracing::info!(
-        provider_url = config.provider_url(),
+        provider_url = config.provider_url_for_logs(),
         ?config,
         "starting herald"
     );
@@ -69,8 +69,9 @@ async fn dev(
         Simulator::new(beside(&gateway, *sim)),
         token.clone().cancelled_owned(),
     ));
-    gateway.provider_url = Some(format!("http://127.0.0.1:{}", sim_addr.port()));
-    tracing::info!(provider_url = gateway.provider_url(), config = ?gateway, "starting herald");
+    let sim_url = format!("http://127.0.0.1:{}", sim_addr.port());
+    gateway.provider_url = Some(sim_url.into());
+    tracing::info!(provider_url = gateway.provider_url_for_logs(), config = ?gateway, "starting herald");
     let app = Application::build(&gateway).await?;
     let app_token = app.shutdown_token();
     tokio::spawn(async move {

@@ -94,7 +94,7 @@ pub struct GatewayConfig {
 
     /// Base URL of the provider; Herald calls `{url}/v1/notify`. [default: http://provider:3001]
     #[arg(long, env = "PROVIDER_URL")]
-    pub provider_url: Option<String>,
+    pub provider_url: Option<ProviderUrl>,
 
     /// API key sent to the provider as `X-API-Key`. Never logged.
     #[arg(
@@ -199,7 +199,14 @@ impl GatewayConfig {
     }
 
     pub fn provider_url(&self) -> &str {
-        self.provider_url.as_deref().unwrap_or(DEFAULT_PROVIDER_URL)
+        self.provider_url
+            .as_ref()
+            .map_or(DEFAULT_PROVIDER_URL, ProviderUrl::as_str)
+    }
+
+    /// [`Self::provider_url`] as logs may show it: any password masked.
+    pub fn provider_url_for_logs(&self) -> String {
+        redacted(self.provider_url())
     }
 
     pub fn store_options(&self) -> StoreOptions {
@@ -236,6 +243,49 @@ impl GatewayConfig {
             max_in_flight: self.max_in_flight,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
+    }
+}
+
+/// The provider's base URL. `Debug` masks a password in it
+/// (`https://user:****@host`): a URL can carry credentials too.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderUrl(String);
+
+impl ProviderUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for ProviderUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl FromStr for ProviderUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl fmt::Debug for ProviderUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redacted(&self.0), f)
+    }
+}
+
+/// `url` with its password, if it has one, replaced by `****`.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Cannot fail: the URL already has a password to replace.
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -309,6 +359,23 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("test-dev-2026"));
         assert!(printed.contains("****"));
+    }
+
+    #[test]
+    fn a_password_in_the_provider_url_never_shows_in_logs() {
+        let mut config = GatewayConfig::defaults();
+        let url = "https://herald:s3cr3t@provider.example:3001";
+        config.provider_url = Some(url.parse().unwrap());
+        assert_eq!(config.provider_url(), url, "calls use the real one");
+        for printed in [format!("{config:?}"), config.provider_url_for_logs()] {
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(
+                printed.contains("herald:****@provider.example"),
+                "{printed}"
+            );
+        }
+        config.provider_url = Some("http://provider:3001".parse().unwrap());
+        assert_eq!(config.provider_url_for_logs(), "http://provider:3001");
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub fn test_config(data_dir: &TempDir, provider_url: &str) -> GatewayConfig {
     let mut config = GatewayConfig::defaults();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = data_dir.path().to_path_buf();
-    config.provider_url = Some(provider_url.to_string());
+    config.provider_url = Some(provider_url.to_string().into());
     config.rate_per_sec = 1_000.0;
     config.rate_burst = 100;
     config.retry_base_ms = 20;
