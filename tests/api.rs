@@ -336,19 +336,24 @@ async fn health_and_readiness() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_full_outbox_refuses_creates_with_503_and_retry_after() {
-    // A provider that takes 5 s per call keeps the first request pending.
+/// An outbox limit of one, and a provider that takes 5 s per call, so the
+/// first request processed keeps the outbox full.
+async fn app_with_an_outbox_of_one() -> common::TestApp {
     let slow = SimConfig {
         latency_min_ms: 5_000,
         latency_max_ms: 5_000,
         ..fast_provider()
     };
-    let app = spawn_app_with(slow, |c| {
+    spawn_app_with(slow, |c| {
         c.outbox_limit = 1;
         c.shutdown_grace_ms = 100;
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_creates_with_503_and_retry_after() {
+    let app = app_with_an_outbox_of_one().await;
     app.submit(&email()).await;
 
     let refused = app.create(&email()).await;
@@ -368,16 +373,7 @@ async fn a_full_outbox_refuses_creates_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn a_full_outbox_still_answers_an_idempotent_replay() {
-    let slow = SimConfig {
-        latency_min_ms: 5_000,
-        latency_max_ms: 5_000,
-        ..fast_provider()
-    };
-    let app = spawn_app_with(slow, |c| {
-        c.outbox_limit = 1;
-        c.shutdown_grace_ms = 100;
-    })
-    .await;
+    let app = app_with_an_outbox_of_one().await;
     let send = |key: &'static str| {
         app.client
             .post(format!("{}/v1/requests", app.address))
