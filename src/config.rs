@@ -170,8 +170,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
-    /// On SIGTERM/SIGINT, how long open client connections, then in-flight
-    /// provider calls, may take to finish.
+    /// On SIGTERM/SIGINT, how long open client connections and in-flight
+    /// provider calls (both at once) may take to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
