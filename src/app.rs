@@ -15,15 +15,10 @@ use crate::config::GatewayConfig;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
 use crate::retention;
-use crate::store::{Store, StoreError};
+use crate::store::{StorageState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -39,6 +34,15 @@ pub enum AppError {
     Unhealthy(String),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("the store in {0} is not sound (see the report above)")]
+    Unsound(String),
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} requests could not be read and were not exported")]
+    PartialExport(u64),
 }
 
 /// A gateway that is bound and recovered, ready to run.
@@ -58,10 +62,6 @@ impl Application {
     /// Opens the store (returning crashed leases to the outbox), builds the
     /// dispatcher and binds the listener.
     pub async fn build(config: &GatewayConfig) -> Result<Self, AppError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
         // Installed first, so the store's recovery at open is counted.
         let metrics = instruments::install()?;
         let store = Arc::new(Store::open_with(&config.data_dir, &config.store_options())?);
@@ -120,6 +120,7 @@ impl Application {
         let dispatcher = tokio::spawn(self.dispatcher.run(self.shutdown.clone()));
         let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
         let sweeper = tokio::spawn(sweeper);
+        let keeper = tokio::spawn(self.store.clone().keep_available(self.shutdown.clone()));
         let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
@@ -144,6 +145,9 @@ impl Application {
         if let Err(error) = upkeep.await {
             tracing::error!(%error, "metrics upkeep task failed");
         }
+        if let Err(error) = keeper.await {
+            tracing::error!(%error, "store recovery task failed");
+        }
         // The last holder closes the store; an embedder still holding it only gets the flush.
         match Arc::try_unwrap(self.store) {
             Ok(store) => {
@@ -156,6 +160,9 @@ impl Application {
             }
             Err(shared) => {
                 shared.durable().await?;
+                if let StorageState::Lost(reason) = shared.storage_state() {
+                    return Err(AppError::Store(StoreError::Unavailable(reason)));
+                }
                 tracing::info!("store flushed; bye");
             }
         }

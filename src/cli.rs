@@ -1,6 +1,8 @@
 //! What each `herald` subcommand runs.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -9,6 +11,7 @@ use crate::app::{AppError, Application};
 use crate::config::{Command, GatewayConfig};
 use crate::shutdown::cancel_on_signal;
 use crate::simulator::{self, SimConfig, Simulator};
+use crate::store;
 
 pub async fn run(command: Command) -> Result<(), AppError> {
     match command {
@@ -22,7 +25,47 @@ pub async fn run(command: Command) -> Result<(), AppError> {
         Command::Healthcheck { url, timeout_ms } => {
             healthcheck(&url, Duration::from_millis(timeout_ms)).await
         }
+        Command::Check { data_dir } => check(&data_dir),
+        Command::Export { data_dir, output } => export(&data_dir, output.as_deref()),
     }
+}
+
+/// `herald check`: the report on standard output; an unsound store exits 1.
+fn check(data_dir: &Path) -> Result<(), AppError> {
+    let report = store::check(data_dir)?;
+    println!("{report}");
+    if report.is_sound() {
+        Ok(())
+    } else {
+        Err(AppError::Unsound(data_dir.display().to_string()))
+    }
+}
+
+/// `herald export`: JSON lines to `output` or standard output, a summary on
+/// standard error; requests left unread make it exit 1.
+fn export(data_dir: &Path, output: Option<&Path>) -> Result<(), AppError> {
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path).map_err(|source| AppError::Output {
+                path: path.display().to_string(),
+                source,
+            })?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let summary = store::export(data_dir, &mut out)?;
+    out.flush().map_err(|source| AppError::Output {
+        path: output.map_or("standard output".into(), |p| p.display().to_string()),
+        source,
+    })?;
+    eprintln!(
+        "exported {} requests; {} unreadable",
+        summary.exported, summary.unreadable
+    );
+    if summary.unreadable > 0 {
+        return Err(AppError::PartialExport(summary.unreadable));
+    }
+    Ok(())
 }
 
 async fn healthcheck(url: &str, timeout: Duration) -> Result<(), AppError> {

@@ -61,6 +61,24 @@ pub enum Command {
         #[arg(long, default_value_t = 3_000)]
         timeout_ms: u64,
     },
+    /// Read a stopped store whole: report its requests, pending work, leases,
+    /// integrity record and every inconsistency. Exits 0 only when all is sound.
+    Check {
+        /// The data directory of a stopped Herald.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Write every readable request of a stopped store, with its history, as
+    /// JSON lines (one request a line, oldest first). Exits 0 only when every
+    /// request was readable.
+    Export {
+        /// The data directory of a stopped Herald.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Where to write the lines (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Run only the provider simulator.
     ProviderSim {
         /// Where the simulator listens.
@@ -69,6 +87,14 @@ pub enum Command {
         #[command(flatten)]
         sim: SimConfig,
     },
+}
+
+impl Command {
+    /// Whether the command's own output goes to standard output, so logs
+    /// must not (`herald check`, `herald export`).
+    pub fn prints_to_stdout(&self) -> bool {
+        matches!(self, Command::Check { .. } | Command::Export { .. })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -179,6 +205,12 @@ pub struct GatewayConfig {
     /// it is deleted with its history and idempotency key.
     #[arg(long, env = "HERALD_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub retention_secs: u64,
+
+    /// Start even when the store lacks requests it acknowledged (damaged
+    /// files): what is left becomes the truth, the loss is logged, counted
+    /// and kept in the integrity record. Without it Herald refuses to start.
+    #[arg(long, env = "HERALD_ACCEPT_DATA_LOSS")]
+    pub accept_data_loss: bool,
 }
 
 impl GatewayConfig {
@@ -212,6 +244,7 @@ impl GatewayConfig {
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             cache_capacity_bytes: self.store_cache_mb * 1024 * 1024,
+            accept_data_loss: self.accept_data_loss,
         }
     }
 

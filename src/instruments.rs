@@ -108,6 +108,18 @@ pub fn requests_purged(count: usize) {
     counter!("herald_requests_purged_total").increment(count as u64);
 }
 
+/// Whether the store takes writes: one gauge per state, 1 for the current one.
+pub fn storage_state(current: &'static str) {
+    for state in ["serving", "unavailable", "lost"] {
+        gauge!("herald_storage_state", "state" => state).set(f64::from(u8::from(state == current)));
+    }
+}
+
+pub fn data_loss_accepted(missing: u64) {
+    counter!("herald_data_loss_accepted_total").increment(1);
+    counter!("herald_data_loss_accepted_requests_total").increment(missing);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

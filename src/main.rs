@@ -9,7 +9,7 @@ fn main() -> std::process::ExitCode {
     // Before the runtime starts its threads.
     let arena_cap = herald::allocator::cap_malloc_arenas();
     let cli = Cli::parse();
-    herald::telemetry::init(cli.log_format);
+    herald::telemetry::init(cli.log_format, cli.command.prints_to_stdout());
     if let Some(arenas) = arena_cap {
         tracing::debug!(arenas, "malloc arenas capped");
     }

@@ -2,15 +2,25 @@
 //! overrides the default filter.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,sled=warn,hyper=warn,reqwest=warn";
 
-pub fn init(format: LogFormat) {
+/// Sets up logging to standard output, or to standard error for a command
+/// whose own output goes to standard output (`herald export`).
+pub fn init(format: LogFormat, to_stderr: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let installed = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder

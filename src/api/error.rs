@@ -12,6 +12,10 @@ use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
+/// How long a client should wait after the store could not take its write.
+/// sled is reopened within about two seconds of the disk taking writes again.
+const STORAGE_RETRY_AFTER_SECS: u64 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the body is not valid JSON: {0}")]
@@ -38,10 +42,14 @@ pub enum ApiError {
         limit: u64,
         retry_after_secs: u64,
     },
-    #[error("not ready: {0}")]
-    NotReady(&'static str),
-    #[error("the request could not be made durable; it was not accepted")]
-    StorageUnavailable,
+    #[error("not ready: {component}: {detail}")]
+    NotReady {
+        /// What is not ready, for machines: `storage` or `dispatcher`.
+        component: &'static str,
+        detail: String,
+    },
+    #[error("{0}; nothing was changed: retry later")]
+    StorageUnavailable(String),
     #[error("internal error")]
     Internal,
 }
@@ -56,10 +64,24 @@ impl ApiError {
             ApiError::IdempotencyConflict => StatusCode::CONFLICT,
             ApiError::RequestNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::OutboxFull { .. } | ApiError::NotReady(_) | ApiError::StorageUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::OutboxFull { .. }
+            | ApiError::NotReady { .. }
+            | ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds a client should wait before trying again, for the answers
+    /// that mean "later".
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::OutboxFull {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::NotReady { .. } | ApiError::StorageUnavailable(_) => {
+                Some(STORAGE_RETRY_AFTER_SECS)
+            }
+            _ => None,
         }
     }
 
@@ -76,8 +98,8 @@ impl ApiError {
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::OutboxFull { .. } => "outbox_full",
-            ApiError::NotReady(_) => "not_ready",
-            ApiError::StorageUnavailable => "storage_unavailable",
+            ApiError::NotReady { .. } => "not_ready",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Internal => "internal_error",
         }
     }
@@ -97,24 +119,30 @@ pub struct ErrorDetail {
     /// For people: what is wrong and how to fix it.
     #[schema(example = "`to` is required")]
     message: String,
+    /// With `not_ready`: what is not ready (`storage`, `dispatcher`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "storage")]
+    component: Option<&'static str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let component = match &self {
+            ApiError::NotReady { component, .. } => Some(*component),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
+                component,
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::OutboxFull {
-            retry_after_secs, ..
-        } = self
-        {
+        if let Some(seconds) = self.retry_after_secs() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -133,18 +161,21 @@ pub fn panics_as_internal_errors() -> CatchPanicLayer<fn(Box<dyn Any + Send>) ->
     })
 }
 
+/// Every store error has a meaning a client can act on; none is a `500`.
+/// An unavailable store was logged once by the store when it stopped taking
+/// writes, so each refused request is logged only at debug level.
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(id) => ApiError::RequestNotFound(id.to_string()),
             StoreError::IdempotencyConflict => ApiError::IdempotencyConflict,
-            StoreError::Flush(error) => {
-                tracing::error!(%error, "write not durable; answering 503");
-                ApiError::StorageUnavailable
+            StoreError::Unavailable(reason) => {
+                tracing::debug!(%reason, "storage unavailable; answering 503");
+                ApiError::StorageUnavailable(format!("storage unavailable: {reason}"))
             }
             error => {
-                tracing::error!(%error, "store error");
-                ApiError::Internal
+                tracing::error!(%error, "store error; answering 503");
+                ApiError::StorageUnavailable(error.to_string())
             }
         }
     }

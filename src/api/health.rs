@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::StorageState;
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "operations",
@@ -14,18 +15,28 @@ pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the store answers reads and the dispatcher is running.
+/// Readiness: the store takes writes and the dispatcher is running. `503`
+/// names what is not ready (`component`: `storage` or `dispatcher`).
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", example = json!({"status": "ready", "pending": 0})),
         (status = 503, description = "Not ready", body = super::error::ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if !state.store.is_healthy() {
-        return Err(ApiError::NotReady("the store does not answer"));
+    match state.store.storage_state() {
+        StorageState::Serving => {}
+        StorageState::Unavailable(detail) | StorageState::Lost(detail) => {
+            return Err(ApiError::NotReady {
+                component: "storage",
+                detail,
+            });
+        }
     }
     if !state.dispatcher.is_running() {
-        return Err(ApiError::NotReady("the dispatcher is not running"));
+        return Err(ApiError::NotReady {
+            component: "dispatcher",
+            detail: "the dispatcher is not running".into(),
+        });
     }
     Ok(Json(
         json!({ "status": "ready", "pending": state.store.pending() }),

@@ -30,6 +30,12 @@ pub struct AttemptContext {
 
 impl AttemptContext {
     pub async fn run(&self, lease: Lease) {
+        // The lease must be on disk before the call: a lease a failed flush
+        // lost would otherwise be leased and sent again after the store reopens.
+        if let Err(error) = self.store.durable().await {
+            tracing::debug!(%error, "lease not durable; returning it unsent");
+            return self.release(&lease).await;
+        }
         self.pacer
             .until_channel_ready(lease.notification.channel)
             .await;
@@ -74,9 +80,10 @@ impl AttemptContext {
         }
     }
 
-    /// Writes the outcome, retrying while the store refuses: a lease must not be
-    /// left behind while the process is alive. (A failed flush is only logged:
-    /// the write is applied and sled's own flush persists it.)
+    /// Writes the outcome, retrying until it is durable: the provider has
+    /// answered, and forgetting that would send the request again. While the
+    /// store is unavailable (a full disk) the lease stays on disk, and the
+    /// outcome is recorded once the store serves again.
     async fn record(&self, lease: &Lease, report: AttemptReport, decision: Decision) {
         loop {
             match self
@@ -88,16 +95,26 @@ impl AttemptContext {
                     tracing::debug!(%status, "attempt recorded");
                     return;
                 }
-                Err(StoreError::Flush(error)) => {
-                    tracing::error!(%error, "attempt recorded but not yet flushed");
-                    return;
-                }
                 Err(error @ StoreError::LeaseLost(_)) => {
-                    tracing::warn!(%error, "attempt outcome not recorded");
+                    // Recorded by an earlier try whose flush failed, or recovered.
+                    tracing::warn!(%error, "attempt outcome not recorded again");
                     return;
                 }
                 Err(error) => {
-                    tracing::error!(%error, "could not record the attempt; retrying");
+                    tracing::debug!(%error, "could not record the attempt yet; retrying");
+                    tokio::time::sleep(RECORD_RETRY_DELAY).await;
+                }
+            }
+        }
+    }
+
+    /// Returns an unsent lease to the outbox, retrying until that is durable.
+    async fn release(&self, lease: &Lease) {
+        loop {
+            match self.store.release_lease(lease).await {
+                Ok(()) | Err(StoreError::LeaseLost(_)) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "could not return the lease yet; retrying");
                     tokio::time::sleep(RECORD_RETRY_DELAY).await;
                 }
             }

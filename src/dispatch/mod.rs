@@ -119,8 +119,11 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                step = self.dispatch_next(&mut attempts) => {
-                    if let Err(error) = step {
+                step = self.dispatch_next(&mut attempts) => match step {
+                    Ok(()) => {}
+                    // The store logged that once, when it stopped taking writes.
+                    Err(StoreError::Unavailable(_)) => tokio::time::sleep(STORE_ERROR_BACKOFF).await,
+                    Err(error) => {
                         tracing::error!(%error, "dispatcher could not read the outbox");
                         tokio::time::sleep(STORE_ERROR_BACKOFF).await;
                     }

@@ -1,11 +1,21 @@
-//! Group commit: one flusher task makes writes durable for many waiters.
+//! Group commit: one flusher task makes writes durable for many waiters, and
+//! keeps the integrity record in step with what it acknowledged.
 //!
-//! A writer applies its sled transaction, then awaits [`GroupCommit::durable`].
-//! The flusher takes every waiter queued so far, runs one `fsync`-backed sled
-//! flush, and answers them all. Writes queued during a flush ride the next one,
-//! so the cost of an fsync is shared by every request that arrived meanwhile.
-//! (An awaited flush per request collapses to about 1 request/s under 32
-//! concurrent clients; batching holds tens of thousands per second.)
+//! A writer applies its sled writes, then awaits [`GroupCommit::durable`]
+//! (a create names the id it stored; a purge names, before deleting, the ids
+//! it is about to delete). The flusher takes every waiter queued so far,
+//! checks that the data directory is still the one opened, runs one
+//! `fsync`-backed sled flush, rewrites the integrity record when the batch
+//! created or purged requests, and answers them all. Writes queued during a
+//! flush ride the next one, so the cost of an fsync is shared by every
+//! request that arrived meanwhile. (An awaited flush per request collapses to
+//! about 1 request/s under 32 concurrent clients; batching holds tens of
+//! thousands per second.)
+//!
+//! A failed flush fails its whole batch and tells [`Health`]: sled 0.34 keeps
+//! refusing every write after one I/O error, so the store must be opened
+//! again (see `reopen.rs`), and the integrity record counts only what a
+//! successful flush covered.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,10 +23,39 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// Why a flush failed, shared by every waiter of its batch.
-pub type FlushResult = Result<(), Arc<sled::Error>>;
+use super::datadir::DataDir;
+use super::health::Health;
+use super::integrity::{Record, RecordFile};
+use crate::domain::RequestId;
 
-type Waiter = oneshot::Sender<FlushResult>;
+/// Why a batch is not durable, shared by every waiter of the batch.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("the flush failed: {0}")]
+    Failed(Arc<str>),
+    #[error("the data directory is gone")]
+    DirectoryGone,
+    #[error("the store is closing")]
+    Closing,
+}
+
+pub type FlushResult = Result<(), FlushError>;
+
+/// What a waiter's writes mean for the integrity record.
+#[derive(Debug)]
+pub enum Ack {
+    Nothing,
+    /// A new request was stored: counted once its flush succeeds.
+    Created(RequestId),
+    /// These requests are about to be deleted: uncounted first, so a crash
+    /// between the two can only leave more than the record counts.
+    Retiring(Vec<RequestId>),
+}
+
+struct Waiter {
+    done: oneshot::Sender<FlushResult>,
+    ack: Ack,
+}
 
 /// The handle writers use to wait for durability.
 #[derive(Clone)]
@@ -31,72 +70,155 @@ pub struct FlushStats {
     pub waiters_served: u64,
 }
 
+/// `meta` key of the number of the last flush: written into sled before
+/// each flush, and into the integrity record after it.
+pub const COMMIT_SEQ_KEY: &[u8] = b"commit_seq";
+
+/// What the flusher owns, and hands back when it stops.
+pub struct Flusher {
+    pub file: RecordFile,
+    /// What the file holds: only what a successful flush covered.
+    pub record: Record,
+    pub stats: FlushStats,
+}
+
 impl GroupCommit {
-    /// Starts the flusher. It runs until every [`GroupCommit`] handle is dropped,
-    /// answering the waiters still queued with one last flush.
-    pub fn start(db: sled::Db) -> (Self, JoinHandle<FlushStats>) {
+    /// Starts the flusher. It runs until every [`GroupCommit`] handle is
+    /// dropped, answering the waiters still queued with one last flush, and
+    /// returns what it owns.
+    pub fn start(
+        db: sled::Db,
+        flusher: Flusher,
+        dir: Arc<DataDir>,
+        health: Arc<Health>,
+    ) -> (Self, JoinHandle<Flusher>) {
         let (waiters, queue) = mpsc::unbounded_channel();
-        let flusher = tokio::spawn(run_flusher(db, queue));
-        (Self { waiters }, flusher)
+        let task = tokio::spawn(run_flusher(db, flusher, dir, health, queue));
+        (Self { waiters }, task)
     }
 
     /// Resolves once every write this task made before calling it is on disk.
     pub async fn durable(&self) -> FlushResult {
+        self.durable_with(Ack::Nothing).await
+    }
+
+    /// [`GroupCommit::durable`], counting `ack` in the integrity record.
+    pub async fn durable_with(&self, ack: Ack) -> FlushResult {
         let (done, wait) = oneshot::channel();
-        if self.waiters.send(done).is_err() {
-            return Err(Arc::new(sled::Error::Unsupported(
-                "the store is shutting down".into(),
-            )));
+        if self.waiters.send(Waiter { done, ack }).is_err() {
+            return Err(FlushError::Closing);
         }
-        wait.await.unwrap_or_else(|_| {
-            Err(Arc::new(sled::Error::Unsupported(
-                "the flusher stopped before answering".into(),
-            )))
-        })
+        wait.await.unwrap_or(Err(FlushError::Closing))
     }
 }
 
-async fn run_flusher(db: sled::Db, mut queue: mpsc::UnboundedReceiver<Waiter>) -> FlushStats {
-    let mut stats = FlushStats::default();
+async fn run_flusher(
+    db: sled::Db,
+    mut flusher: Flusher,
+    dir: Arc<DataDir>,
+    health: Arc<Health>,
+    mut queue: mpsc::UnboundedReceiver<Waiter>,
+) -> Flusher {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, usize::MAX).await > 0 {
         let started = Instant::now();
-        let db = db.clone();
-        let result = match tokio::task::spawn_blocking(move || db.flush()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(Arc::new(error)),
-            Err(join_error) => Err(Arc::new(sled::Error::ReportableBug(join_error.to_string()))),
-        };
-        if let Err(error) = &result {
-            tracing::error!(%error, waiters = batch.len(), "group commit flush failed");
+        let (result, returned) = flush_batch(&db, flusher, &dir, &batch).await;
+        flusher = returned;
+        match &result {
+            Ok(()) => {}
+            Err(FlushError::DirectoryGone) => health.lose(&format!(
+                "the data directory {} was deleted or replaced while Herald ran",
+                dir.path().display()
+            )),
+            Err(error) => health.fail(&error.to_string()),
         }
         crate::instruments::group_commit(batch.len(), started.elapsed());
-        stats.flushes += 1;
-        stats.waiters_served += batch.len() as u64;
+        flusher.stats.flushes += 1;
+        flusher.stats.waiters_served += batch.len() as u64;
         for waiter in batch.drain(..) {
             // A waiter that gave up (its client went away) needs no answer.
-            let _ = waiter.send(result.clone());
+            let _ = waiter.done.send(result.clone());
         }
     }
-    stats
+    flusher
+}
+
+/// One flush for `batch`: the directory check, sled's fsync, then the
+/// integrity record, all off the runtime's threads.
+async fn flush_batch(
+    db: &sled::Db,
+    mut flusher: Flusher,
+    dir: &Arc<DataDir>,
+    batch: &[Waiter],
+) -> (FlushResult, Flusher) {
+    let mut next = flusher.record.clone();
+    next.seq += 1;
+    for waiter in batch {
+        match &waiter.ack {
+            Ack::Nothing => {}
+            Ack::Created(id) => next.tally.add(id),
+            Ack::Retiring(ids) => ids.iter().for_each(|id| next.tally.remove(id)),
+        }
+    }
+    let (db, dir) = (db.clone(), dir.clone());
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = write_batch(&db, &dir, &mut flusher.file, &next);
+        if result.is_ok() {
+            flusher.record = next;
+        }
+        (result, flusher)
+    })
+    .await;
+    match joined {
+        Ok(done) => done,
+        // The blocking task cannot panic short of a bug in sled; its state is gone with it.
+        Err(error) => panic!("the group-commit flush panicked: {error}"),
+    }
+}
+
+fn write_batch(db: &sled::Db, dir: &DataDir, file: &mut RecordFile, next: &Record) -> FlushResult {
+    // Checked before the flush: an fsync into a deleted directory succeeds
+    // and saves nothing.
+    if !dir.is_in_place() {
+        return Err(FlushError::DirectoryGone);
+    }
+    let failed = |error: &dyn std::fmt::Display| FlushError::Failed(error.to_string().into());
+    // After every write of the batch, so sled loses it only with them.
+    db.insert(COMMIT_SEQ_KEY, &next.seq.to_be_bytes())
+        .map_err(|e| failed(&e))?;
+    db.flush().map_err(|e| failed(&e))?;
+    file.write(next).map_err(|e| failed(&e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn start(dir: &tempfile::TempDir) -> (sled::Db, GroupCommit, JoinHandle<Flusher>, Arc<Health>) {
+        let data = Arc::new(DataDir::prepare(dir.path()).unwrap());
+        let db = sled::open(dir.path()).unwrap();
+        let file = RecordFile::create(dir.path(), &Record::default()).unwrap();
+        let flusher = Flusher {
+            file,
+            record: Record::default(),
+            stats: FlushStats::default(),
+        };
+        let health = Arc::new(Health::default());
+        let (commit, task) = GroupCommit::start(db.clone(), flusher, data, health.clone());
+        (db, commit, task, health)
+    }
+
     #[tokio::test]
     async fn many_waiters_share_few_flushes_and_writes_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let (commit, flusher) = GroupCommit::start(db.clone());
+        let (db, commit, flusher, _) = start(&dir);
 
         let writers: Vec<_> = (0u32..200)
             .map(|i| {
                 let (db, commit) = (db.clone(), commit.clone());
                 tokio::spawn(async move {
                     db.insert(i.to_be_bytes(), &b"v"[..]).unwrap();
-                    commit.durable().await
+                    commit.durable_with(Ack::Created(RequestId::new())).await
                 })
             })
             .collect();
@@ -104,12 +226,37 @@ mod tests {
             writer.await.unwrap().unwrap();
         }
         drop(commit);
-        let stats = flusher.await.unwrap();
-        assert_eq!(stats.waiters_served, 200);
-        assert!(stats.flushes <= 200);
+        let flusher = flusher.await.unwrap();
+        assert_eq!(flusher.stats.waiters_served, 200);
+        assert!(flusher.stats.flushes <= 200);
+        let counted = flusher.record.tally.total();
+        assert_eq!(counted, 200, "every acknowledged create is counted");
         drop(db);
 
         let reopened = sled::open(dir.path()).unwrap();
-        assert_eq!(reopened.len(), 200);
+        assert_eq!(
+            reopened.len(),
+            200 + 1,
+            "the writes and the commit sequence"
+        );
+        let (_, on_disk) = RecordFile::open(dir.path()).unwrap().unwrap();
+        assert_eq!(on_disk, flusher.record);
+        let seq = reopened.get(COMMIT_SEQ_KEY).unwrap().unwrap();
+        assert_eq!(seq.as_ref(), on_disk.seq.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_directory_fails_the_flush_and_loses_the_store() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(parent.path()).unwrap();
+        let (_db, commit, _flusher, health) = start(&dir);
+        commit.durable().await.unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let result = commit.durable_with(Ack::Created(RequestId::new())).await;
+        assert!(matches!(result, Err(FlushError::DirectoryGone)));
+        assert!(matches!(
+            health.state(),
+            super::super::health::State::Lost(_)
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! Live counts of undelivered requests by priority and by state (waiting in the
 //! outbox, or leased by an attempt): the outbox bound, `/ready` and the
-//! `herald_outbox_depth` gauges read them. Started at open from the persisted
-//! per-priority counts (`pending.rs`), then kept up to date by every transition.
+//! `herald_outbox_depth` gauges read them. Started at open (and again after a
+//! reopen) from the persisted per-priority counts (`pending.rs`), then kept up
+//! to date by every transition.
 //!
 //! Counts are updated after the transaction that caused them commits, so a
 //! concurrent transition can be counted first (a lease of an entry whose
@@ -22,8 +23,6 @@ pub enum EntryState {
 }
 
 impl EntryState {
-    const ALL: [EntryState; 2] = [EntryState::Waiting, EntryState::Leased];
-
     fn index(self) -> usize {
         match self {
             EntryState::Waiting => 0,
@@ -46,19 +45,21 @@ pub struct OutboxDepth {
 }
 
 impl OutboxDepth {
-    /// Starts from `waiting` entries per priority (nothing is leased at open).
-    pub fn starting_at(waiting: impl Fn(Priority) -> u64) -> Self {
-        let depth = Self::default();
+    /// Starts over from counts read off the disk (after a reopen): `pending`
+    /// undelivered and `leased` of them leased, per priority rank.
+    pub fn reset(&self, pending: [u64; 3], leased: [u64; 3]) {
         for &priority in Priority::ALL {
-            let count = i64::try_from(waiting(priority)).unwrap_or(i64::MAX);
-            depth
-                .slot(priority, EntryState::Waiting)
-                .store(count, Ordering::Relaxed);
-            for state in EntryState::ALL {
-                depth.publish(priority, state);
+            let rank = usize::from(priority.rank());
+            let waiting = pending[rank].saturating_sub(leased[rank]);
+            for (state, count) in [
+                (EntryState::Waiting, waiting),
+                (EntryState::Leased, leased[rank]),
+            ] {
+                let count = i64::try_from(count).unwrap_or(i64::MAX);
+                self.slot(priority, state).store(count, Ordering::Relaxed);
+                self.publish(priority, state);
             }
         }
-        depth
     }
 
     pub fn add(&self, priority: Priority, state: EntryState) {
@@ -106,8 +107,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reset_starts_from_the_counts_on_disk() {
+        let depth = OutboxDepth::default();
+        depth.add(Priority::Low, EntryState::Waiting);
+        depth.reset([3, 1, 0], [1, 0, 0]);
+        assert_eq!(depth.total(), 4);
+        depth.remove(Priority::High, EntryState::Leased);
+        assert_eq!(depth.total(), 3);
+    }
+
+    #[test]
     fn counts_follow_transitions() {
-        let depth = OutboxDepth::starting_at(|p| if p == Priority::High { 2 } else { 0 });
+        let depth = OutboxDepth::default();
+        depth.reset([2, 0, 0], [0; 3]);
         assert_eq!(depth.total(), 2);
         depth.moved(Priority::High, EntryState::Waiting, EntryState::Leased);
         depth.add(Priority::Low, EntryState::Waiting);
@@ -119,7 +131,7 @@ mod tests {
     #[test]
     fn a_transition_counted_before_its_cause_settles_at_the_right_count() {
         // A lease counted before the `process` that put the entry in the outbox.
-        let depth = OutboxDepth::starting_at(|_| 0);
+        let depth = OutboxDepth::default();
         depth.moved(Priority::Normal, EntryState::Waiting, EntryState::Leased);
         depth.add(Priority::Normal, EntryState::Waiting);
         assert_eq!(depth.total(), 1);

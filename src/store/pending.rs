@@ -9,7 +9,9 @@
 use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::{StoreError, TxResult, decode_outbox_key};
+use super::StoreError;
+use super::reads::decode_outbox_key;
+use super::writes::TxResult;
 use crate::domain::Priority;
 
 /// `meta` key of the count of `priority`: `pending/` then the priority's rank.
@@ -22,7 +24,7 @@ pub(super) fn key(priority: Priority) -> [u8; 9] {
 fn decode_count(bytes: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = bytes
         .try_into()
-        .map_err(|_| StoreError::CorruptCount(bytes.len()))?;
+        .map_err(|_| StoreError::Corrupt(format!("a pending count of {} bytes", bytes.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 

@@ -15,7 +15,9 @@ use std::ops::Bound;
 
 use sled::Transactional;
 
-use super::{IdempotencyRecord, RequestRecord, Store, StoreError, decode, keys};
+use super::commit::Ack;
+use super::engine::Engine;
+use super::{IdempotencyRecord, RequestRecord, Store, StoreError, decode, keys, unavailable};
 use crate::domain::RequestId;
 
 /// What one [`Store::purge_final_before`] call did.
@@ -31,13 +33,16 @@ impl Store {
     /// and after `resume_after`, deletes those that became final before the
     /// cutoff with their events, and waits until that is on disk. Reading a
     /// bounded batch keeps each call short even when old undelivered requests,
-    /// which are kept, lie in the way.
+    /// which are kept, lie in the way. The integrity record stops counting
+    /// them first (durably), so a crash between the two leaves more requests
+    /// than counted, never fewer.
     pub async fn purge_final_before(
         &self,
         cutoff_ms: u64,
         resume_after: Option<RequestId>,
         limit: usize,
     ) -> Result<PurgeBatch, StoreError> {
+        let engine = self.engine()?;
         let start = match resume_after {
             Some(id) => Bound::Excluded(*id.as_bytes()),
             None => Bound::Unbounded,
@@ -46,8 +51,8 @@ impl Store {
         let mut expired = Vec::new();
         let mut scanned = 0;
         let mut last_seen = None;
-        for entry in self.requests.range(range).take(limit) {
-            let (key, bytes) = entry?;
+        for entry in engine.requests.range(range).take(limit) {
+            let (key, bytes) = entry.map_err(|e| self.sled_failed(e))?;
             scanned += 1;
             last_seen = <[u8; 16]>::try_from(key.as_ref())
                 .ok()
@@ -59,11 +64,17 @@ impl Store {
                 expired.push(record);
             }
         }
-        for record in &expired {
-            self.delete_request(record)?;
-        }
         if !expired.is_empty() {
-            self.durable().await?;
+            let retiring = expired.iter().map(|record| record.id).collect();
+            engine
+                .commit
+                .durable_with(Ack::Retiring(retiring))
+                .await
+                .map_err(unavailable)?;
+            for record in &expired {
+                self.delete_request(&engine, record)?;
+            }
+            engine.commit.durable().await.map_err(unavailable)?;
         }
         Ok(PurgeBatch {
             purged: expired.len(),
@@ -76,10 +87,11 @@ impl Store {
     /// before it and have no request, and waits until that is on disk. Returns
     /// how many.
     pub async fn purge_idempotency_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let engine = self.engine()?;
         let cutoff = created_at_or_after(cutoff_ms);
         let mut purged = 0;
-        for entry in self.idempotency.iter() {
-            let (key, bytes) = entry?;
+        for entry in engine.idempotency.iter() {
+            let (key, bytes) = entry.map_err(|e| self.sled_failed(e))?;
             let Some(binding) = readable::<IdempotencyRecord>(&key, &bytes) else {
                 continue;
             };
@@ -87,36 +99,37 @@ impl Store {
             if id[..] >= cutoff[..] {
                 continue;
             }
-            let expired = match self.requests.get(id)? {
+            let expired = match engine.requests.get(id).map_err(|e| self.sled_failed(e))? {
                 Some(record) => readable::<RequestRecord>(id, &record)
                     .is_some_and(|r| r.status.is_terminal() && r.updated_at_ms < cutoff_ms),
                 None => true,
             };
             if expired {
                 // Compare-and-swap: a binding rewritten meanwhile is not this one.
-                let removed =
-                    self.idempotency
-                        .compare_and_swap(&key, Some(&bytes), None::<&[u8]>)?;
+                let removed = engine
+                    .idempotency
+                    .compare_and_swap(&key, Some(&bytes), None::<&[u8]>)
+                    .map_err(|e| self.sled_failed(e))?;
                 purged += usize::from(removed.is_ok());
             }
         }
         if purged > 0 {
-            self.durable().await?;
+            engine.commit.durable().await.map_err(unavailable)?;
         }
         Ok(purged)
     }
 
     /// Removes a final request and every event of its history in one transaction.
-    fn delete_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
-        (&self.requests, &self.events).transaction(|(requests, events)| {
+    fn delete_request(&self, engine: &Engine, record: &RequestRecord) -> Result<(), StoreError> {
+        let deleted = (&engine.requests, &engine.events).transaction(|(requests, events)| {
             requests.remove(record.id.as_bytes())?;
             // Sequence 0 is stored only by databases first written in format 1.
             for seq in 0..record.event_count {
                 events.remove(&keys::event_key(record.id, seq))?;
             }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        });
+        self.committed(deleted)
     }
 }
 
@@ -139,7 +152,7 @@ fn created_at_or_after(ms: u64) -> [u8; 16] {
 mod tests {
     use super::*;
     use crate::domain::{Priority, Status, now_ms};
-    use crate::store::tests::notification;
+    use crate::store::tests::{engine, notification};
     use crate::store::{AttemptReport, CreateOutcome, Decision};
 
     async fn create(store: &Store, key: Option<&str>) -> RequestId {
@@ -211,7 +224,10 @@ mod tests {
         for gone in [sent, failed] {
             assert!(store.get(gone).unwrap().is_none());
             assert!(store.events(gone).unwrap().is_none());
-            assert_eq!(store.events.scan_prefix(gone.as_bytes()).count(), 0);
+            assert_eq!(
+                engine(&store).events.scan_prefix(gone.as_bytes()).count(),
+                0
+            );
         }
         assert_eq!(store.get(queued).unwrap().unwrap().status, Status::Queued);
         assert_eq!(store.get(waiting).unwrap().unwrap().status, Status::Queued);
@@ -226,7 +242,7 @@ mod tests {
         );
         assert_eq!(create(&store, Some("k-queued")).await, queued);
         assert_eq!(create(&store, Some("k-recent")).await, recent);
-        assert_eq!(store.request_count(), 4, "three kept, one new");
+        assert_eq!(store.request_count().unwrap(), 4, "three kept, one new");
     }
 
     #[tokio::test]
@@ -256,7 +272,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let unreadable = RequestId::new();
-        store
+        engine(&store)
             .requests
             .insert(unreadable.as_bytes(), &[1, 0xff][..])
             .unwrap();
@@ -266,7 +282,12 @@ mod tests {
         let batch = store.purge_final_before(cutoff, None, 10).await.unwrap();
         assert_eq!(batch.purged, 1);
         assert!(store.get(sent).unwrap().is_none());
-        assert!(store.requests.contains_key(unreadable.as_bytes()).unwrap());
+        assert!(
+            engine(&store)
+                .requests
+                .contains_key(unreadable.as_bytes())
+                .unwrap()
+        );
     }
 
     #[tokio::test]
@@ -283,6 +304,6 @@ mod tests {
         };
         let store = Store::open(dir.path()).unwrap();
         assert!(store.get(id).unwrap().is_none());
-        assert_eq!((store.request_count(), store.pending()), (0, 0));
+        assert_eq!((store.request_count().unwrap(), store.pending()), (0, 0));
     }
 }
