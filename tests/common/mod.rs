@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for a request to reach a status before failing.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(5);
 
 pub struct TestApp {
     pub address: String,
@@ -112,6 +114,19 @@ pub async fn spawn_gateway(
 pub fn unused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
+}
+
+/// Waits until `check` holds, looking again every few milliseconds; fails
+/// the test, naming `what`, once [`SETTLE_TIMEOUT`] has passed.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 pub fn email() -> Value {
@@ -234,7 +249,9 @@ impl TestApp {
         // The app closes the store (and releases its lock) only as its last holder.
         drop(store);
         shutdown.cancel();
-        task.await.expect("app task").expect("clean shutdown");
+        let stopped = tokio::time::timeout(SETTLE_TIMEOUT, task).await;
+        let stopped = stopped.expect("the app stops within the settle timeout");
+        stopped.expect("app task").expect("clean shutdown");
         data_dir
     }
 }
