@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{email, fast_provider, spawn_app_with, spawn_gateway, unused_addr};
+use common::{email, fast_provider, reserved_port, spawn_app_with, spawn_gateway};
 use herald::domain::Channel;
 use herald::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
@@ -162,7 +162,9 @@ async fn a_provider_that_never_answers_is_cut_off_by_the_timeout() {
 
 #[tokio::test]
 async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
-    let provider_addr = unused_addr();
+    // Bound now, listening only once the outage ends: until then every call is refused.
+    let provider_port = reserved_port();
+    let provider_addr = provider_port.local_addr().unwrap();
     let app = spawn_gateway(
         &format!("http://{provider_addr}"),
         TempDir::new().unwrap(),
@@ -186,9 +188,8 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
         );
     }
 
-    let provider = Simulator::spawn_on(provider_addr, fast_provider())
-        .await
-        .unwrap();
+    let listener = provider_port.listen(1024).unwrap();
+    let provider = Simulator::spawn_on(listener, fast_provider()).unwrap();
     for id in &ids {
         assert_eq!(app.wait_until_final(id).await, "sent");
         assert_eq!(provider.simulator.deliveries_of(id), 1);

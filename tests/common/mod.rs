@@ -5,7 +5,7 @@
 
 pub mod child;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use herald::simulator::{RunningSimulator, SimConfig, Simulator};
 use herald::store::Store;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -110,10 +111,14 @@ pub async fn spawn_gateway(
     }
 }
 
-/// A loopback address nothing listens on (yet).
-pub fn unused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A loopback port bound but not listening: connections to it are refused,
+/// and no other socket can take it, until `listen` makes it a listener.
+pub fn reserved_port() -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("a loopback port");
+    socket
 }
 
 /// Waits until `check` holds, looking again every few milliseconds; fails
