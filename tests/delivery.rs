@@ -205,13 +205,15 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
 
 #[tokio::test]
 async fn high_priority_work_queued_later_is_sent_before_normal_work() {
-    // One call at a time, two per second: the backlog waits in the outbox.
-    let app = spawn_app_with(fast_provider(), |c| {
-        c.rate_per_sec = 2.0;
+    // First run: one call an hour, so at most one request is leased (the
+    // first one due) however long the submits take; the rest stay queued.
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let one_call_an_hour = |c: &mut herald::config::GatewayConfig| {
+        c.rate_per_sec = 1.0 / 3_600.0;
         c.rate_burst = 1;
         c.max_in_flight = 1;
-    })
-    .await;
+    };
+    let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), one_call_an_hour).await;
     let normal =
         json!({"to": "a@example.com", "message": "n", "type": "email", "priority": "normal"});
     let high = json!({"to": "b@example.com", "message": "h", "type": "email", "priority": "high"});
@@ -222,13 +224,22 @@ async fn high_priority_work_queued_later_is_sent_before_normal_work() {
     }
     let low_id = app.submit(&low).await;
     let highs = [app.submit(&high).await, app.submit(&high).await];
+    let data_dir = app.stop().await;
+
+    // Second run, one call at a time: the backlog goes out in priority order.
+    let app = spawn_gateway(&provider.url(), data_dir, |c| c.max_in_flight = 1).await;
     for id in normals.iter().chain(&highs).chain([&low_id]) {
         assert_eq!(app.wait_until_final(id).await, "sent");
     }
 
-    let order: Vec<String> = app.provider().calls().into_iter().map(|c| c.id).collect();
+    let order: Vec<String> = provider
+        .simulator
+        .calls()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let position = |id: &String| order.iter().position(|o| o == id).unwrap();
-    // At most the first normal can have been leased before the highs arrived.
+    // Only the first normal can have been leased before the highs arrived.
     for high in &highs {
         for normal in &normals[1..] {
             assert!(position(high) < position(normal), "order: {order:?}");
