@@ -90,11 +90,11 @@ fn dockerfile_healthcheck_command_exits_0_when_healthy_and_1_otherwise() {
         "herald {args:?} against a 503"
     );
 
-    // Nothing listens on a port just released.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind")
-        .port();
+    // Bound but not listening: connections are refused, and the port stays
+    // ours (a port merely released could be taken by another test meanwhile).
+    let reserved = tokio::net::TcpSocket::new_v4().expect("a socket");
+    reserved.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let closed = reserved.local_addr().expect("local addr").port();
     let args = healthcheck_args_for(&format!("http://127.0.0.1:{closed}/health"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(
