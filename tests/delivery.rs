@@ -257,7 +257,7 @@ async fn high_priority_work_queued_later_is_sent_before_normal_work() {
 async fn a_wrong_api_key_keeps_the_work_queued_until_it_is_fixed() {
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
     let wrong_key = |config: &mut herald::config::GatewayConfig| {
-        config.provider_api_key = herald::config::Secret::from("not-the-key");
+        config.provider_api_key = herald::secret::Secret::from("not-the-key");
         config.max_attempts = 2;
     };
     let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), wrong_key).await;
