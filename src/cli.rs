@@ -164,7 +164,7 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     #[test]
     fn the_dev_simulator_accepts_the_gateways_key() {

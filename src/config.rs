@@ -15,6 +15,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use crate::dispatch::{
     BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
 };
+use crate::secret::Secret;
 use crate::simulator::SimConfig;
 use crate::store::StoreOptions;
 
@@ -322,39 +323,10 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// A string that prints as `****` in logs and `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulator::Profile;
 
     /// clap prints a variable's value in `--help` unless told not to.
     #[test]
@@ -409,6 +381,14 @@ mod tests {
         }
         config.provider_url = Some("http://provider:3001".parse().unwrap());
         assert_eq!(config.provider_url_for_logs(), "http://provider:3001");
+    }
+
+    #[test]
+    fn the_simulators_stalls_outlast_the_default_request_timeout() {
+        let herald_timeout_ms = GatewayConfig::defaults().request_timeout_ms;
+        for profile in [Profile::Slow, Profile::Chaos] {
+            assert!(profile.config().stall_ms > herald_timeout_ms, "{profile}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod instruments;
 pub mod retention;
+pub mod secret;
 pub mod shutdown;
 pub mod simulator;
 pub mod store;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::child::HeraldProcess;
-use common::{SETTLE_TIMEOUT, email, spawn_provider_with_latency};
+use common::{SETTLE_TIMEOUT, email, eventually, spawn_provider_with_latency};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -71,7 +71,7 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
     let client = reqwest::Client::new();
     let in_flight = MAX_IN_FLIGHT.to_string();
     let flags = ["--max-in-flight", in_flight.as_str()];
-    let mut herald = HeraldProcess::start(&data_dir, &provider.url(), &flags);
+    let mut herald = HeraldProcess::start(&data_dir, &provider.url(), &flags).await;
     herald.wait_ready(&client).await;
 
     let acked = Arc::new(Acknowledged::default());
@@ -86,11 +86,12 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
             ))
         })
         .collect();
-    while acked.count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    herald.child.kill().expect("SIGKILL sent");
-    herald.child.wait().unwrap();
+    eventually(
+        "enough creates are acknowledged to kill herald",
+        async || acked.count.load(Ordering::SeqCst) >= KILL_AFTER_ACKS,
+    )
+    .await;
+    herald.kill();
     for client in clients {
         client.await.unwrap();
     }
@@ -98,7 +99,7 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
     let processed = acked.processed.lock().unwrap().clone();
     assert!(created.len() >= KILL_AFTER_ACKS);
 
-    let herald = HeraldProcess::start(&data_dir, &provider.url(), &flags);
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &flags).await;
     herald.wait_ready(&client).await;
     // Every acknowledged create survived; a client whose process call was cut off retries it.
     for id in &created {
@@ -126,7 +127,7 @@ async fn kill_9_mid_flight_loses_nothing_and_every_request_is_sent() {
         duplicates <= MAX_IN_FLIGHT as u64,
         "{duplicates} duplicate deliveries; at most {MAX_IN_FLIGHT} calls were in flight at the kill"
     );
-    assert!(herald.terminate().success());
+    assert!(herald.terminate().await.success());
 }
 
 async fn wait_until_drained(herald: &HeraldProcess, client: &reqwest::Client) {

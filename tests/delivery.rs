@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{email, fast_provider, spawn_app_with, spawn_gateway, unused_addr};
+use common::{email, fast_provider, reserved_port, spawn_app_with, spawn_gateway};
 use herald::domain::Channel;
 use herald::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
@@ -162,7 +162,9 @@ async fn a_provider_that_never_answers_is_cut_off_by_the_timeout() {
 
 #[tokio::test]
 async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
-    let provider_addr = unused_addr();
+    // Bound now, listening only once the outage ends: until then every call is refused.
+    let provider_port = reserved_port();
+    let provider_addr = provider_port.local_addr().unwrap();
     let app = spawn_gateway(
         &format!("http://{provider_addr}"),
         TempDir::new().unwrap(),
@@ -186,9 +188,8 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
         );
     }
 
-    let provider = Simulator::spawn_on(provider_addr, fast_provider())
-        .await
-        .unwrap();
+    let listener = provider_port.listen(1024).unwrap();
+    let provider = Simulator::spawn_on(listener, fast_provider()).unwrap();
     for id in &ids {
         assert_eq!(app.wait_until_final(id).await, "sent");
         assert_eq!(provider.simulator.deliveries_of(id), 1);
@@ -204,13 +205,15 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
 
 #[tokio::test]
 async fn high_priority_work_queued_later_is_sent_before_normal_work() {
-    // One call at a time, two per second: the backlog waits in the outbox.
-    let app = spawn_app_with(fast_provider(), |c| {
-        c.rate_per_sec = 2.0;
+    // First run: one call an hour, so at most one request is leased (the
+    // first one due) however long the submits take; the rest stay queued.
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let one_call_an_hour = |c: &mut herald::config::GatewayConfig| {
+        c.rate_per_sec = 1.0 / 3_600.0;
         c.rate_burst = 1;
         c.max_in_flight = 1;
-    })
-    .await;
+    };
+    let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), one_call_an_hour).await;
     let normal =
         json!({"to": "a@example.com", "message": "n", "type": "email", "priority": "normal"});
     let high = json!({"to": "b@example.com", "message": "h", "type": "email", "priority": "high"});
@@ -221,13 +224,22 @@ async fn high_priority_work_queued_later_is_sent_before_normal_work() {
     }
     let low_id = app.submit(&low).await;
     let highs = [app.submit(&high).await, app.submit(&high).await];
+    let data_dir = app.stop().await;
+
+    // Second run, one call at a time: the backlog goes out in priority order.
+    let app = spawn_gateway(&provider.url(), data_dir, |c| c.max_in_flight = 1).await;
     for id in normals.iter().chain(&highs).chain([&low_id]) {
         assert_eq!(app.wait_until_final(id).await, "sent");
     }
 
-    let order: Vec<String> = app.provider().calls().into_iter().map(|c| c.id).collect();
+    let order: Vec<String> = provider
+        .simulator
+        .calls()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let position = |id: &String| order.iter().position(|o| o == id).unwrap();
-    // At most the first normal can have been leased before the highs arrived.
+    // Only the first normal can have been leased before the highs arrived.
     for high in &highs {
         for normal in &normals[1..] {
             assert!(position(high) < position(normal), "order: {order:?}");
@@ -245,7 +257,7 @@ async fn high_priority_work_queued_later_is_sent_before_normal_work() {
 async fn a_wrong_api_key_keeps_the_work_queued_until_it_is_fixed() {
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
     let wrong_key = |config: &mut herald::config::GatewayConfig| {
-        config.provider_api_key = herald::config::Secret::from("not-the-key");
+        config.provider_api_key = herald::secret::Secret::from("not-the-key");
         config.max_attempts = 2;
     };
     let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), wrong_key).await;

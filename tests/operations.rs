@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::child::HeraldProcess;
-use common::{fast_provider, spawn_provider_with_latency};
+use common::{eventually, fast_provider, spawn_provider_with_latency};
 use herald::simulator::Simulator;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -19,15 +18,18 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     let provider = spawn_provider_with_latency(300, 300).await;
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
-    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]).await;
     herald.wait_ready(&client).await;
     let id = herald.create(&client).await;
     assert_eq!(herald.process(&client, &id).await, 202);
-    while provider.simulator.calls_of(&id).is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // In progress, or (on a machine slow enough to miss that) already answered.
+    let simulator = &provider.simulator;
+    eventually("the provider has the call", async || {
+        simulator.calls_in_progress() > 0 || !simulator.calls_of(&id).is_empty()
+    })
+    .await;
 
-    assert!(herald.terminate().success(), "exit 0 after SIGTERM");
+    assert!(herald.terminate().await.success(), "exit 0 after SIGTERM");
     assert_eq!(
         provider.simulator.deliveries_of(&id),
         1,
@@ -35,11 +37,11 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     );
 
     // The outcome was recorded before exit: a restart has nothing left to send.
-    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]).await;
     let ready = herald.wait_ready(&client).await;
     assert_eq!(ready["pending"], 0);
     assert_eq!(herald.request(&client, &id).await["status"], "sent");
-    assert!(herald.terminate().success());
+    assert!(herald.terminate().await.success());
 }
 
 #[tokio::test]
@@ -49,7 +51,8 @@ async fn a_client_holding_a_connection_open_does_not_hold_up_the_shutdown() {
     let provider = spawn_provider_with_latency(1, 1).await;
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
-    let herald = HeraldProcess::start(&data_dir, &provider.url(), &["--shutdown-grace-ms", "300"]);
+    let herald =
+        HeraldProcess::start(&data_dir, &provider.url(), &["--shutdown-grace-ms", "300"]).await;
     herald.wait_ready(&client).await;
     let id = herald.create(&client).await;
 
@@ -60,25 +63,23 @@ async fn a_client_holding_a_connection_open_does_not_hold_up_the_shutdown() {
         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"to\":";
     stalled.write_all(head.as_bytes()).await.unwrap();
 
-    let terminated = tokio::task::spawn_blocking(|| herald.terminate());
-    let status = tokio::time::timeout(Duration::from_secs(30), terminated)
+    let status = tokio::time::timeout(Duration::from_secs(30), herald.terminate())
         .await
-        .expect("the shutdown did not wait for the stalled client")
-        .unwrap();
+        .expect("the shutdown did not wait for the stalled client");
     assert!(status.success(), "exit 0");
     drop(stalled);
 
-    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]).await;
     herald.wait_ready(&client).await;
     assert_eq!(herald.request(&client, &id).await["status"], "queued");
-    assert!(herald.terminate().success());
+    assert!(herald.terminate().await.success());
 }
 
 #[tokio::test]
 async fn healthcheck_exits_zero_only_when_herald_answers() {
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
     let data_dir = TempDir::new().unwrap();
-    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]);
+    let herald = HeraldProcess::start(&data_dir, &provider.url(), &[]).await;
     herald.wait_ready(&reqwest::Client::new()).await;
     let probe = |url: String| {
         Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -91,7 +92,7 @@ async fn healthcheck_exits_zero_only_when_herald_answers() {
     assert!(probe(format!("{}/health", herald.address)).success());
     assert!(!probe(format!("{}/no-such-route", herald.address)).success());
     let address = herald.address.clone();
-    assert!(herald.terminate().success());
+    assert!(herald.terminate().await.success());
     assert!(
         !probe(format!("{address}/health")).success(),
         "nothing listens any more"
@@ -103,34 +104,23 @@ async fn json_logs_carry_the_request_id_on_every_line_about_it() {
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
     let data_dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
-    let flags = ["--log-format", "json"];
-    let mut herald = HeraldProcess::start_logging(
-        &data_dir,
-        &provider.url(),
-        &flags,
-        "warn,herald=debug",
-        Stdio::piped(),
-    );
-    let logs = herald.child.stdout.take().unwrap();
-    let collector = std::thread::spawn(move || {
-        std::io::BufReader::new(logs)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    // The helper's herald always logs JSON (it reads its address from the log).
+    let herald =
+        HeraldProcess::start_logging(&data_dir, &provider.url(), &[], "warn,herald=debug").await;
     herald.wait_ready(&client).await;
 
     let id = herald.create(&client).await;
     assert_eq!(herald.process(&client, &id).await, 202);
-    while provider.simulator.deliveries_of(&id) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(herald.terminate().success());
+    // The attempt is in flight until its outcome is logged and recorded,
+    // and the SIGTERM drain waits for it.
+    eventually("the provider has delivered it", async || {
+        provider.simulator.deliveries_of(&id) > 0
+    })
+    .await;
+    let (status, lines) = herald.terminate_with_logs().await;
+    assert!(status.success());
 
-    let lines: Vec<Value> = collector
-        .join()
-        .unwrap()
+    let lines: Vec<Value> = lines
         .iter()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
         .collect();

@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
 use crate::domain::{Notification, RequestId};
+use crate::secret::Secret;
 
 /// How much of an error answer's body goes into the request's history.
 const ERROR_BODY_LIMIT: usize = 512;

@@ -13,8 +13,8 @@ use clap::{ArgMatches, Args, FromArgMatches};
 
 use super::profile::Profile;
 use super::{ErrorStatuses, OutagePlan};
-use crate::config::Secret;
 use crate::domain::Channel;
+use crate::secret::Secret;
 
 const DEFAULT_API_KEY: &str = "test-dev-2026";
 const DEFAULT_WINDOW_CALLS: u32 = 50;

@@ -101,15 +101,13 @@ impl Simulator {
 
     /// Serves a new simulator on an ephemeral port of 127.0.0.1.
     pub async fn spawn(config: SimConfig) -> std::io::Result<RunningSimulator> {
-        Self::spawn_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        Self::spawn_on(listener, config)
     }
 
-    /// Serves a new simulator on `addr` in a spawned task.
-    pub async fn spawn_on(
-        addr: SocketAddr,
-        config: SimConfig,
-    ) -> std::io::Result<RunningSimulator> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Serves a new simulator on `listener` in a spawned task (a caller that
+    /// binds the port itself knows the address before anything serves it).
+    pub fn spawn_on(listener: TcpListener, config: SimConfig) -> std::io::Result<RunningSimulator> {
         let addr = listener.local_addr()?;
         let simulator = Self::new(config);
         let stop = CancellationToken::new();

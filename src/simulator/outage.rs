@@ -203,7 +203,9 @@ mod tests {
         let client = reqwest::Client::new();
         wait_for_refusal(running.addr, false).await;
         // A pooled connection from before the outage must not outlive it.
+        let deadline = Instant::now() + PATIENCE;
         while client.get(&health).send().await.is_err() {
+            assert!(Instant::now() < deadline, "{health} never answered");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         wait_for_refusal(running.addr, true).await;

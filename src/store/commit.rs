@@ -208,27 +208,39 @@ mod tests {
         (db, commit, task, health)
     }
 
-    #[tokio::test]
-    async fn many_waiters_share_few_flushes_and_writes_survive_reopen() {
+    /// Polls `future` once, so a `durable()` call queues its waiter.
+    async fn poll_once(future: &mut std::pin::Pin<Box<impl Future>>) {
+        std::future::poll_fn(|cx| {
+            let _ = future.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+
+    // One thread: the flusher cannot run until this test awaits, so every
+    // waiter is queued before the first flush and all of them must share it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiters_queued_before_a_flush_share_it_and_writes_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (db, commit, flusher, _) = start(&dir);
 
-        let writers: Vec<_> = (0u32..200)
-            .map(|i| {
-                let (db, commit) = (db.clone(), commit.clone());
-                tokio::spawn(async move {
-                    db.insert(i.to_be_bytes(), &b"v"[..]).unwrap();
-                    commit.durable_with(Ack::Created(RequestId::new())).await
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.unwrap().unwrap();
+        let mut waiters = Vec::new();
+        for i in 0u32..200 {
+            db.insert(i.to_be_bytes(), &b"v"[..]).unwrap();
+            let mut waiter = Box::pin(commit.durable_with(Ack::Created(RequestId::new())));
+            poll_once(&mut waiter).await;
+            waiters.push(waiter);
+        }
+        for waiter in waiters {
+            waiter.await.unwrap();
         }
         drop(commit);
         let flusher = flusher.await.unwrap();
         assert_eq!(flusher.stats.waiters_served, 200);
-        assert!(flusher.stats.flushes <= 200);
+        assert_eq!(
+            flusher.stats.flushes, 1,
+            "waiters queued before the first flush share it"
+        );
         let counted = flusher.record.tally.total();
         assert_eq!(counted, 200, "every acknowledged create is counted");
         drop(db);

@@ -1,36 +1,60 @@
 //! The real `herald` binary as a child process, for the tests that need a
 //! process: kill -9, signals, logs as operators see them.
+//!
+//! Herald binds `127.0.0.1:0` itself and the helper reads the bound address
+//! from its `listening` log line, so no test frees a port for a child to bind
+//! later (another process could take it meanwhile). Dropping the handle kills
+//! the child, so a failed test leaves no `herald` behind.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
+use tokio::sync::oneshot;
 
-use super::{SETTLE_TIMEOUT, unused_addr};
+use super::{SETTLE_TIMEOUT, eventually};
+
+/// The log filter [`HeraldProcess::start`] runs with: quiet, except the
+/// `listening` line the address is read from.
+const QUIET: &str = "warn,herald::app=info";
 
 pub struct HeraldProcess {
-    pub child: Child,
+    child: Child,
     pub address: String,
+    /// Reads the log to its end; returns the lines when they were asked for.
+    log_reader: Option<JoinHandle<Vec<String>>>,
 }
 
 impl HeraldProcess {
     /// Starts `herald serve` on a free port with fast pacing; `extra` flags come last.
-    pub fn start(data_dir: &TempDir, provider_url: &str, extra: &[&str]) -> Self {
-        Self::start_logging(data_dir, provider_url, extra, "warn", Stdio::null())
+    pub async fn start(data_dir: &TempDir, provider_url: &str, extra: &[&str]) -> Self {
+        Self::spawn(data_dir, provider_url, extra, QUIET, false).await
     }
 
-    /// As [`HeraldProcess::start`], logging at `filter` (`RUST_LOG`) to `stdout`.
-    pub fn start_logging(
+    /// As [`HeraldProcess::start`], logging at `filter` (`RUST_LOG`, which
+    /// must let `herald::app`'s info through) and keeping every log line for
+    /// [`HeraldProcess::terminate_with_logs`].
+    pub async fn start_logging(
         data_dir: &TempDir,
         provider_url: &str,
         extra: &[&str],
         filter: &str,
-        stdout: Stdio,
     ) -> Self {
-        let listen = unused_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", &listen.to_string()])
+        Self::spawn(data_dir, provider_url, extra, filter, true).await
+    }
+
+    async fn spawn(
+        data_dir: &TempDir,
+        provider_url: &str,
+        extra: &[&str],
+        filter: &str,
+        keep_logs: bool,
+    ) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(["--provider-url", provider_url])
@@ -38,14 +62,28 @@ impl HeraldProcess {
             .args(["--retry-base-ms", "20", "--retry-max-delay-ms", "200"])
             .args(extra)
             .env("RUST_LOG", filter)
-            .stdout(stdout)
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("herald starts");
-        Self {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (address, bound) = oneshot::channel();
+        let log_reader = std::thread::spawn(move || read_log(stdout, address, keep_logs));
+        // Owned before the first wait, so a panic below kills the child too.
+        let mut herald = Self {
             child,
-            address: format!("http://{listen}"),
-        }
+            address: String::new(),
+            log_reader: Some(log_reader),
+        };
+        let bound = tokio::time::timeout(SETTLE_TIMEOUT, bound)
+            .await
+            .expect("herald never logged the address it listens on");
+        let bound = bound.unwrap_or_else(|_| {
+            let exit = herald.child.try_wait();
+            panic!("herald's log ended before its `listening` line (exit: {exit:?})")
+        });
+        herald.address = format!("http://{bound}");
+        herald
     }
 
     /// Polls `/ready` until it answers 200; returns its body.
@@ -91,11 +129,68 @@ impl HeraldProcess {
         client.get(url).send().await.unwrap().json().await.unwrap()
     }
 
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    /// SIGKILL, then reaps the process.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL sent");
+        self.child.wait().expect("herald reaped");
+    }
+
+    /// Sends SIGTERM and waits for the process to exit. The wait is async, so
+    /// a simulator on this test's runtime keeps answering the calls Herald drains.
+    pub async fn terminate(self) -> ExitStatus {
+        self.terminate_with_logs().await.0
+    }
+
+    /// As [`HeraldProcess::terminate`]; also returns the log lines kept since
+    /// the start (none unless started by [`HeraldProcess::start_logging`]).
+    pub async fn terminate_with_logs(mut self) -> (ExitStatus, Vec<String>) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
         let result = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(result, 0, "signal delivered");
-        self.child.wait().unwrap()
+        let mut exit = None;
+        eventually("herald exits after SIGTERM", async || {
+            exit = self.child.try_wait().expect("herald's status");
+            exit.is_some()
+        })
+        .await;
+        let lines = self.log_reader.take().map(JoinHandle::join);
+        let lines = lines.unwrap_or(Ok(Vec::new())).expect("the log reader");
+        (exit.expect("herald exited"), lines)
     }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        // Both fail only for a process already reaped, which is what we want anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads Herald's JSON log until it ends: sends the address of the
+/// `listening` line, and returns every line if `keep` says so.
+fn read_log(stdout: ChildStdout, address: oneshot::Sender<String>, keep: bool) -> Vec<String> {
+    let mut address = Some(address);
+    let mut kept = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(bound) = listening_address(&line)
+            && let Some(address) = address.take()
+        {
+            let _ = address.send(bound);
+        }
+        if keep {
+            kept.push(line);
+        }
+    }
+    kept
+}
+
+/// The `addr` of Herald's `listening` log line.
+fn listening_address(line: &str) -> Option<String> {
+    let entry: Value = serde_json::from_str(line).ok()?;
+    let fields = &entry["fields"];
+    if fields["message"] != "listening" {
+        return None;
+    }
+    fields["addr"].as_str().map(str::to_string)
 }

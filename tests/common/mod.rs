@@ -5,7 +5,7 @@
 
 pub mod child;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +15,14 @@ use herald::simulator::{RunningSimulator, SimConfig, Simulator};
 use herald::store::Store;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for a request to reach a status before failing.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(5);
 
 pub struct TestApp {
     pub address: String,
@@ -108,10 +111,27 @@ pub async fn spawn_gateway(
     }
 }
 
-/// A loopback address nothing listens on (yet).
-pub fn unused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A loopback port bound but not listening: connections to it are refused,
+/// and no other socket can take it, until `listen` makes it a listener.
+pub fn reserved_port() -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("a loopback port");
+    socket
+}
+
+/// Waits until `check` holds, looking again every few milliseconds; fails
+/// the test, naming `what`, once [`SETTLE_TIMEOUT`] has passed.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 pub fn email() -> Value {
@@ -234,7 +254,9 @@ impl TestApp {
         // The app closes the store (and releases its lock) only as its last holder.
         drop(store);
         shutdown.cancel();
-        task.await.expect("app task").expect("clean shutdown");
+        let stopped = tokio::time::timeout(SETTLE_TIMEOUT, task).await;
+        let stopped = stopped.expect("the app stops within the settle timeout");
+        stopped.expect("app task").expect("clean shutdown");
         data_dir
     }
 }

@@ -5,22 +5,14 @@
 //! lost or left stuck, none is marked sent without a delivery, and the
 //! provider's duplicates stay within what the kills can explain.
 //!
-//! This file owns the drill's phases, in order; the pieces are in `herald-drill/`.
+//! This file owns the drill's phases, in order; the pieces are its modules.
 
-// A binary's root looks for modules beside itself, not in its own directory.
-#[path = "herald-drill/args.rs"]
 mod args;
-#[path = "herald-drill/audit.rs"]
 mod audit;
-#[path = "herald-drill/child.rs"]
 mod child;
-#[path = "herald-drill/failure.rs"]
 mod failure;
-#[path = "herald-drill/load.rs"]
 mod load;
-#[path = "herald-drill/report.rs"]
 mod report;
-#[path = "herald-drill/workspace.rs"]
 mod workspace;
 
 use std::collections::HashSet;
