@@ -31,7 +31,7 @@ use crate::domain::RequestId;
 /// Why a batch is not durable, shared by every waiter of the batch.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum FlushError {
-    #[error("the flush failed: {0}")]
+    #[error("a write could not be made durable: {0}")]
     Failed(Arc<str>),
     #[error("the data directory is gone")]
     DirectoryGone,
@@ -182,12 +182,13 @@ fn write_batch(db: &sled::Db, dir: &DataDir, file: &mut RecordFile, next: &Recor
     if !dir.is_in_place() {
         return Err(FlushError::DirectoryGone);
     }
-    let failed = |error: &dyn std::fmt::Display| FlushError::Failed(error.to_string().into());
+    let failed = |error: sled::Error| FlushError::Failed(super::engine::describe(&error).into());
     // After every write of the batch, so sled loses it only with them.
     db.insert(COMMIT_SEQ_KEY, &next.seq.to_be_bytes())
-        .map_err(|e| failed(&e))?;
-    db.flush().map_err(|e| failed(&e))?;
-    file.write(next).map_err(|e| failed(&e))
+        .map_err(failed)?;
+    db.flush().map_err(failed)?;
+    file.write(next)
+        .map_err(|error| FlushError::Failed(error.to_string().into()))
 }
 
 #[cfg(test)]

@@ -123,3 +123,12 @@ fn opening_error(path: &Path, error: sled::Error) -> StoreError {
         other => StoreError::Corrupt(format!("sled could not open {}: {other}", path.display())),
     }
 }
+
+/// sled's error for people: its `Io` variant prints the `Debug` form
+/// (`Os { code: 28, kind: StorageFull, .. }`); the I/O error's own words are plainer.
+pub fn describe(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}

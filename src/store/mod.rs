@@ -101,7 +101,7 @@ impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
         match error {
             sled::Error::Io(io) => StoreError::Unavailable(io.to_string()),
-            other => StoreError::Corrupt(other.to_string()),
+            other => StoreError::Corrupt(engine::describe(&other)),
         }
     }
 }
@@ -330,7 +330,7 @@ impl Store {
                 StoreError::Corrupt(format!("sled read damaged data: {error}"))
             }
             error => {
-                let reason = error.to_string();
+                let reason = engine::describe(&error);
                 self.health.fail(&reason);
                 StoreError::Unavailable(reason)
             }

@@ -6,13 +6,13 @@
 //! later (another process could take it meanwhile). Dropping the handle kills
 //! the child, so a failed test leaves no `herald` behind.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
-use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use super::{SETTLE_TIMEOUT, eventually};
@@ -30,43 +30,59 @@ pub struct HeraldProcess {
 
 impl HeraldProcess {
     /// Starts `herald serve` on a free port with fast pacing; `extra` flags come last.
-    pub async fn start(data_dir: &TempDir, provider_url: &str, extra: &[&str]) -> Self {
-        Self::spawn(data_dir, provider_url, extra, QUIET, false).await
+    pub async fn start(data_dir: impl AsRef<Path>, provider_url: &str, extra: &[&str]) -> Self {
+        match Self::spawn(data_dir.as_ref(), provider_url, extra, QUIET, false).await {
+            Ok(herald) => herald,
+            Err(refused) => panic!("herald refused to start: {refused:?}"),
+        }
+    }
+
+    /// As [`HeraldProcess::start`], for a start that may be refused: then
+    /// the exit status and the last line Herald wrote to standard error.
+    pub async fn try_start(
+        data_dir: impl AsRef<Path>,
+        provider_url: &str,
+        extra: &[&str],
+    ) -> Result<Self, Refusal> {
+        Self::spawn(data_dir.as_ref(), provider_url, extra, QUIET, false).await
     }
 
     /// As [`HeraldProcess::start`], logging at `filter` (`RUST_LOG`, which
     /// must let `herald::app`'s info through) and keeping every log line for
     /// [`HeraldProcess::terminate_with_logs`].
     pub async fn start_logging(
-        data_dir: &TempDir,
+        data_dir: impl AsRef<Path>,
         provider_url: &str,
         extra: &[&str],
         filter: &str,
     ) -> Self {
-        Self::spawn(data_dir, provider_url, extra, filter, true).await
+        let started = Self::spawn(data_dir.as_ref(), provider_url, extra, filter, true).await;
+        started.unwrap_or_else(|refused| panic!("herald refused to start: {refused:?}"))
     }
 
     async fn spawn(
-        data_dir: &TempDir,
+        data_dir: &Path,
         provider_url: &str,
         extra: &[&str],
         filter: &str,
         keep_logs: bool,
-    ) -> Self {
+    ) -> Result<Self, Refusal> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(data_dir.path())
+            .arg(data_dir)
             .args(["--provider-url", provider_url])
             .args(["--rate-per-sec", "5000", "--rate-burst", "100"])
             .args(["--retry-base-ms", "20", "--retry-max-delay-ms", "200"])
             .args(extra)
             .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("herald starts");
         let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_reader = std::thread::spawn(move || last_line(stderr));
         let (address, bound) = oneshot::channel();
         let log_reader = std::thread::spawn(move || read_log(stdout, address, keep_logs));
         // Owned before the first wait, so a panic below kills the child too.
@@ -78,12 +94,14 @@ impl HeraldProcess {
         let bound = tokio::time::timeout(SETTLE_TIMEOUT, bound)
             .await
             .expect("herald never logged the address it listens on");
-        let bound = bound.unwrap_or_else(|_| {
-            let exit = herald.child.try_wait();
-            panic!("herald's log ended before its `listening` line (exit: {exit:?})")
-        });
+        let Ok(bound) = bound else {
+            // The log ended before the `listening` line: Herald stopped.
+            let status = herald.child.wait().expect("herald reaped");
+            let last_line = stderr_reader.join().unwrap_or_default();
+            return Err(Refusal { status, last_line });
+        };
         herald.address = format!("http://{bound}");
-        herald
+        Ok(herald)
     }
 
     /// Polls `/ready` until it answers 200; returns its body.
@@ -165,6 +183,23 @@ impl Drop for HeraldProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A start Herald refused: how it exited and what it said last on standard error.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: ExitStatus,
+    pub last_line: String,
+}
+
+/// Passes Herald's standard error through to the test's, keeping the last line.
+fn last_line(stderr: impl Read) -> String {
+    let mut last = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        eprintln!("{line}");
+        last = line;
+    }
+    last
 }
 
 /// Reads Herald's JSON log until it ends: sends the address of the
