@@ -115,9 +115,12 @@ pub fn storage_state(current: &'static str) {
     }
 }
 
-pub fn data_loss_accepted(missing: u64) {
-    counter!("herald_data_loss_accepted_total").increment(1);
-    counter!("herald_data_loss_accepted_requests_total").increment(missing);
+/// A start that went on without acknowledged data (`--accept-data-loss`);
+/// `None` only registers the counters at 0.
+pub fn data_loss_accepted(missing: Option<u64>) {
+    let (starts, requests) = missing.map_or((0, 0), |missing| (1, missing));
+    counter!("herald_data_loss_accepted_total").increment(starts);
+    counter!("herald_data_loss_accepted_requests_total").increment(requests);
 }
 
 #[cfg(test)]

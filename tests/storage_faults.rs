@@ -58,7 +58,9 @@ async fn create_until_refused(herald: &HeraldProcess, clients: usize) -> Answers
                     let answer: Value = response.json().await.unwrap();
                     let mut answers = answers.lock().await;
                     match status {
-                        201 => answers.accepted.push(answer["id"].as_str().unwrap().to_string()),
+                        201 => answers
+                            .accepted
+                            .push(answer["id"].as_str().unwrap().to_string()),
                         503 if retry_after.is_some()
                             && answer["error"]["code"] == "storage_unavailable" =>
                         {
@@ -78,7 +80,11 @@ async fn create_until_refused(herald: &HeraldProcess, clients: usize) -> Answers
 }
 
 async fn get(client: &reqwest::Client, herald: &HeraldProcess, path: &str) -> (u16, Value) {
-    let response = client.get(format!("{}{path}", herald.address)).send().await.unwrap();
+    let response = client
+        .get(format!("{}{path}", herald.address))
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -109,35 +115,94 @@ async fn a_full_disk_answers_503_then_takes_writes_again_without_a_restart() {
     let herald = HeraldProcess::start(disk.data_dir(), &provider, &[]).await;
 
     let answers = create_until_refused(&herald, 16).await;
-    assert!(answers.other.is_empty(), "only 201 or 503: {:?}", &answers.other[..1]);
+    assert!(
+        answers.other.is_empty(),
+        "only 201 or 503: {:?}",
+        &answers.other[..1]
+    );
     assert!(answers.refused > 0, "the disk never filled");
     let (status, ready) = get(&client, &herald, "/ready").await;
-    assert_eq!((status, &ready["error"]["component"]), (503, &json!("storage")));
+    assert_eq!(
+        (status, &ready["error"]["component"]),
+        (503, &json!("storage"))
+    );
     assert_eq!(get(&client, &herald, "/health").await.0, 200);
 
     disk.resize(64 * 1024);
     let mut accepted = answers.accepted;
-    eventually("a create is accepted again once the disk has room", async || {
-        let response = client
-            .post(format!("{}/v1/requests", herald.address))
-            .json(&body())
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        assert!(status == 201 || status == 503, "answered {status}");
-        if status == 201 {
-            let answer: Value = response.json().await.unwrap();
-            accepted.push(answer["id"].as_str().unwrap().to_string());
-        }
-        status == 201
-    })
+    eventually(
+        "a create is accepted again once the disk has room",
+        async || {
+            let response = client
+                .post(format!("{}/v1/requests", herald.address))
+                .json(&body())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            assert!(status == 201 || status == 503, "answered {status}");
+            if status == 201 {
+                let answer: Value = response.json().await.unwrap();
+                accepted.push(answer["id"].as_str().unwrap().to_string());
+            }
+            status == 201
+        },
+    )
     .await;
     assert_eq!(get(&client, &herald, "/ready").await.0, 200);
     assert!(herald.terminate().await.success(), "a clean stop exits 0");
 
     let herald = HeraldProcess::start(disk.data_dir(), &provider, &[]).await;
     assert_all_present(&herald, &accepted).await;
+}
+
+#[tokio::test]
+async fn an_outcome_the_full_disk_held_up_is_recorded_later_and_not_sent_twice() {
+    let Some(disk) = Tmpfs::mount(8 * 1024) else {
+        return;
+    };
+    // Slow enough that the disk fills while the call is in flight.
+    let provider = common::spawn_provider_with_latency(1_500, 1_500).await;
+    let client = reqwest::Client::new();
+    let herald = HeraldProcess::start(disk.data_dir(), &provider.url(), &[]).await;
+    let id = herald.create(&client).await;
+    assert_eq!(herald.process(&client, &id).await, 202);
+    eventually("the provider call is in flight", async || {
+        provider.simulator.calls_in_progress() > 0
+    })
+    .await;
+    let filler = disk.fill();
+    eventually("the store stops taking writes", async || {
+        let response = client
+            .post(format!("{}/v1/requests", herald.address))
+            .json(&body())
+            .send()
+            .await
+            .unwrap();
+        response.status() == 503
+    })
+    .await;
+    eventually("the provider answered while the disk is full", async || {
+        provider.simulator.calls_in_progress() == 0 && !provider.simulator.calls_of(&id).is_empty()
+    })
+    .await;
+    let (status, _) = get(&client, &herald, &format!("/v1/requests/{id}")).await;
+    assert_eq!(
+        status, 503,
+        "the store is still refusing: the outcome waits"
+    );
+    std::fs::remove_file(filler).unwrap();
+    eventually(
+        "the outcome is recorded once the disk has room",
+        async || herald.request(&client, &id).await["status"] == "sent",
+    )
+    .await;
+    assert_eq!(
+        provider.simulator.calls_of(&id).len(),
+        1,
+        "sent once, recorded once"
+    );
+    assert!(herald.terminate().await.success());
 }
 
 #[tokio::test]
@@ -160,11 +225,18 @@ async fn a_start_on_a_full_disk_fails_plainly_and_a_start_with_room_is_normal() 
     assert!(!refused.status.success());
     let line = &refused.last_line;
     assert!(line.contains("no space left"), "{line}");
-    assert!(line.contains(&disk.data_dir().display().to_string()), "names the path: {line}");
+    assert!(
+        line.contains(&disk.data_dir().display().to_string()),
+        "names the path: {line}"
+    );
 
     std::fs::remove_file(filler).unwrap();
     // What a start on a full disk can leave behind, and sled would read as data.
-    std::fs::write(disk.data_dir().join("snap.0000000000000000.generating"), b"").unwrap();
+    std::fs::write(
+        disk.data_dir().join("snap.0000000000000000.generating"),
+        b"",
+    )
+    .unwrap();
     let herald = HeraldProcess::start(disk.data_dir(), &provider, &[]).await;
     assert_all_present(&herald, &ids).await;
 }
@@ -176,7 +248,10 @@ async fn a_read_only_or_forbidden_directory_fails_plainly() {
         std::fs::create_dir(disk.data_dir()).unwrap();
         disk.make_read_only();
         let refused = HeraldProcess::try_start(disk.data_dir(), &provider, &[]).await;
-        let line = refused.err().expect("no start on a read-only disk").last_line;
+        let line = refused
+            .err()
+            .expect("no start on a read-only disk")
+            .last_line;
         assert!(line.contains("read-only"), "{line}");
     }
 
@@ -188,7 +263,13 @@ async fn a_read_only_or_forbidden_directory_fails_plainly() {
     let output = Command::new("setpriv")
         .args(["--bounding-set=-all", "--"])
         .arg(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--provider-url", &provider])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--provider-url",
+            &provider,
+        ])
         .arg("--data-dir")
         .arg(theirs.join("data"))
         .output();
@@ -233,12 +314,18 @@ enum Damage {
 
 fn damage(file: &Path, damage: Damage) {
     use std::os::unix::fs::FileExt;
-    let handle = std::fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
     let len = handle.metadata().unwrap().len();
     match damage {
         Damage::Flip(offset) => {
             let mut byte = [0u8];
-            handle.read_exact_at(&mut byte, offset.min(len - 1)).unwrap();
+            handle
+                .read_exact_at(&mut byte, offset.min(len - 1))
+                .unwrap();
             byte[0] ^= 0x10;
             handle.write_all_at(&byte, offset.min(len - 1)).unwrap();
         }
@@ -280,8 +367,15 @@ async fn refuses_or_starts_whole(
 ) -> bool {
     let herald = match HeraldProcess::try_start(dir, provider, &[]).await {
         Err(refused) => {
-            assert!(!refused.status.success(), "{what}: a refusal exits non-zero");
-            assert!(refused.last_line.starts_with("herald: "), "{what}: {}", refused.last_line);
+            assert!(
+                !refused.status.success(),
+                "{what}: a refusal exits non-zero"
+            );
+            assert!(
+                refused.last_line.starts_with("herald: "),
+                "{what}: {}",
+                refused.last_line
+            );
             return true;
         }
         Ok(herald) => herald,
@@ -289,7 +383,10 @@ async fn refuses_or_starts_whole(
     let client = reqwest::Client::new();
     for id in ids {
         let (status, _) = get(&client, &herald, &format!("/v1/requests/{id}")).await;
-        assert_eq!(status, 200, "{what}: started without acknowledged request {id}");
+        assert_eq!(
+            status, 200,
+            "{what}: started without acknowledged request {id}"
+        );
         if processed.contains(id) {
             let (_, history) = get(&client, &herald, &format!("/v1/requests/{id}/events")).await;
             let requested = history["events"]
@@ -297,7 +394,10 @@ async fn refuses_or_starts_whole(
                 .unwrap()
                 .iter()
                 .any(|e| e["event"] == "process_requested");
-            assert!(requested, "{what}: started without the acknowledged process of {id}");
+            assert!(
+                requested,
+                "{what}: started without the acknowledged process of {id}"
+            );
         }
     }
     drop(herald);
@@ -354,8 +454,14 @@ async fn a_deleted_data_directory_refuses_writes_and_exits_non_zero() {
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let (status, ready) = get(&client, &herald, "/ready").await;
-    assert_eq!((status, &ready["error"]["component"]), (503, &json!("storage")));
-    assert!(!herald.terminate().await.success(), "the lost store is an error at exit");
+    assert_eq!(
+        (status, &ready["error"]["component"]),
+        (503, &json!("storage"))
+    );
+    assert!(
+        !herald.terminate().await.success(),
+        "the lost store is an error at exit"
+    );
 }
 
 #[tokio::test]
@@ -364,14 +470,20 @@ async fn a_second_instance_and_a_foreign_directory_are_refused_plainly() {
     let dir = TempDir::new().unwrap();
     let first = HeraldProcess::start(&dir, &provider, &[]).await;
     let second = HeraldProcess::try_start(&dir, &provider, &[]).await;
-    let line = second.err().expect("a second instance is refused").last_line;
+    let line = second
+        .err()
+        .expect("a second instance is refused")
+        .last_line;
     assert!(line.contains("another herald"), "{line}");
     drop(first);
 
     let foreign = TempDir::new().unwrap();
     std::fs::write(foreign.path().join("thesis.tex"), "mine").unwrap();
     let refused = HeraldProcess::try_start(&foreign, &provider, &[]).await;
-    let line = refused.err().expect("a foreign directory is refused").last_line;
+    let line = refused
+        .err()
+        .expect("a foreign directory is refused")
+        .last_line;
     assert!(line.contains("not a Herald data directory"), "{line}");
 }
 
@@ -393,7 +505,10 @@ async fn check_reports_sound_damaged_and_missing_stores_and_export_round_trips()
     let (store, ids, _) = a_stopped_store(false, &provider).await;
     let (code, report) = inspect("check", store.path());
     assert_eq!(code, 0, "{report}");
-    assert!(report.contains("requests: 60") && report.contains("verdict: sound"), "{report}");
+    assert!(
+        report.contains("requests: 60") && report.contains("verdict: sound"),
+        "{report}"
+    );
 
     // What the running gateway answers for each request, to compare the export with.
     let client = reqwest::Client::new();
@@ -408,7 +523,10 @@ async fn check_reports_sound_damaged_and_missing_stores_and_export_round_trips()
     assert!(herald.terminate().await.success());
     let (code, exported) = inspect("export", store.path());
     assert_eq!(code, 0);
-    let lines: Vec<Value> = exported.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), ids.len());
     for (line, answer) in lines.iter().zip(&answered) {
         assert_eq!(line["request"]["id"], answer["id"]);
@@ -435,7 +553,10 @@ async fn accepting_a_loss_is_explicit_counted_and_remembered() {
     let refused = HeraldProcess::try_start(&store, &provider, &[]).await;
     let line = refused.err().expect("a loss refuses the start").last_line;
     assert!(line.contains("acknowledged requests are missing"), "{line}");
-    assert!(line.contains("--accept-data-loss"), "names the way out: {line}");
+    assert!(
+        line.contains("--accept-data-loss"),
+        "names the way out: {line}"
+    );
 
     let client = reqwest::Client::new();
     let herald = HeraldProcess::start(&store, &provider, &["--accept-data-loss"]).await;
@@ -447,12 +568,19 @@ async fn accepting_a_loss_is_explicit_counted_and_remembered() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("herald_data_loss_accepted_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("herald_data_loss_accepted_total 1"),
+        "{metrics}"
+    );
     assert!(herald.terminate().await.success());
 
     let (code, report) = inspect("check", store.path());
     assert_eq!(code, 0, "what is left is the truth now: {report}");
     assert!(report.contains("1 accepted losses"), "{report}");
     let herald = HeraldProcess::start(&store, &provider, &[]).await;
-    assert_eq!(get(&client, &herald, "/ready").await.0, 200, "later starts need no flag");
+    assert_eq!(
+        get(&client, &herald, "/ready").await.0,
+        200,
+        "later starts need no flag"
+    );
 }

@@ -49,6 +49,9 @@ impl Store {
         };
         let (file, record) = verdict.settle(&dir, &opened, existing)?;
         let health = Arc::new(Health::default());
+        // Exported from the start: at 0, and the store serving.
+        instruments::data_loss_accepted(None);
+        instruments::storage_state("serving");
         let store = Self {
             dir,
             options: options.clone(),
@@ -221,7 +224,7 @@ impl Verdict {
             missing,
             "--accept-data-loss: starting without the missing data"
         );
-        instruments::data_loss_accepted(missing);
+        instruments::data_loss_accepted(Some(missing));
         Ok(())
     }
 }

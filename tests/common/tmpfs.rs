@@ -17,11 +17,16 @@ impl Tmpfs {
     pub fn mount(size_kib: u64) -> Option<Self> {
         let mount_point = TempDir::new().expect("a mount point");
         let options = format!("size={size_kib}k");
-        let mounted = mount(&["-t", "tmpfs", "-o", &options, "tmpfs"], mount_point.path());
+        let mounted = mount(
+            &["-t", "tmpfs", "-o", &options, "tmpfs"],
+            mount_point.path(),
+        );
         match mounted {
             Ok(()) => Some(Self { mount_point }),
             Err(why) => {
-                eprintln!("SKIPPED: this test needs a tmpfs it can fill, and cannot mount one ({why})");
+                eprintln!(
+                    "SKIPPED: this test needs a tmpfs it can fill, and cannot mount one ({why})"
+                );
                 None
             }
         }
