@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herald::domain::{RequestId, Status};
-use herald::store::{CodecError, RECORD_VERSION, RequestRecord, decode, encode};
+use herald::store::RequestRecord;
+use herald::store::embedded::{CodecError, RECORD_VERSION, decode, encode};
 
 fn record() -> RequestRecord {
     RequestRecord {

@@ -37,7 +37,7 @@ use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
     criterion_main,
 };
-use herald::store::{Store, StoreOptions};
+use herald::store::embedded::{EmbeddedStore as Store, StoreOptions};
 use tempfile::TempDir;
 
 use common::{beat, build_recovery_fixture, copy_dir, runtime, start_watchdog};
@@ -52,13 +52,15 @@ const TREES: [&str; 6] = [
 ];
 
 /// The sources that decide what a data directory holds; a change rebuilds the fixtures.
-const LAYOUT_SOURCES: [&str; 7] = [
-    include_str!("../src/store/mod.rs"),
-    include_str!("../src/store/format.rs"),
-    include_str!("../src/store/pending.rs"),
+const LAYOUT_SOURCES: [&str; 9] = [
+    include_str!("../src/store/embedded/mod.rs"),
+    include_str!("../src/store/embedded/writes.rs"),
+    include_str!("../src/store/embedded/format.rs"),
+    include_str!("../src/store/embedded/pending.rs"),
     include_str!("../src/store/records.rs"),
-    include_str!("../src/store/keys.rs"),
-    include_str!("../src/store/codec.rs"),
+    include_str!("../src/store/embedded/keys.rs"),
+    include_str!("../src/store/embedded/codec.rs"),
+    include_str!("../src/store/embedded/integrity.rs"),
     include_str!("../src/domain.rs"),
 ];
 

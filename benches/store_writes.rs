@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herald::domain::now_ms;
-use herald::store::{Decision, Store};
+use herald::store::Decision;
+use herald::store::embedded::EmbeddedStore as Store;
 use tokio::runtime::Runtime;
 
 use common::{

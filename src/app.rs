@@ -1,6 +1,6 @@
-//! Wires the store, the dispatcher, the retention sweeper, the metrics upkeep
-//! and the API together, and owns the shutdown order: stop accepting, drain
-//! provider calls, flush, return.
+//! Wires the store's engine, the dispatcher, the retention sweeper, the
+//! metrics upkeep and the API together, and owns the shutdown order: stop
+//! accepting, drain provider calls, flush, return.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::GatewayConfig;
-use crate::dispatch::{DispatchError, Dispatcher};
+use crate::dispatch::{DispatchError, Dispatcher, Pacer};
 use crate::instruments;
 use crate::retention;
-use crate::store::{StorageState, Store, StoreError};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Backend, Records, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -48,7 +49,7 @@ pub enum AppError {
 /// A gateway that is bound and recovered, ready to run.
 pub struct Application {
     listener: TcpListener,
-    store: Arc<Store>,
+    backend: Backend,
     dispatcher: Dispatcher,
     retention: Duration,
     /// How long open connections may hold up the shutdown, once accepting stops.
@@ -64,15 +65,10 @@ impl Application {
     pub async fn build(config: &GatewayConfig) -> Result<Self, AppError> {
         // Installed first, so the store's recovery at open is counted.
         let metrics = instruments::install()?;
-        let store = Arc::new(Store::open_with(&config.data_dir, &config.store_options())?);
-        tracing::info!(
-            recovered = store.recovered_at_open(),
-            pending = store.pending(),
-            "store open"
-        );
-        let (dispatcher, handle) = Dispatcher::new(store.clone(), &config.dispatch_settings())?;
+        let backend = open_backend(config)?;
+        let (dispatcher, handle) = Dispatcher::new(&backend, &config.dispatch_settings())?;
         let state = AppState {
-            store: store.clone(),
+            records: backend.records.clone(),
             dispatcher: handle,
             limits: ApiLimits {
                 max_body_bytes: config.max_body_bytes,
@@ -89,7 +85,7 @@ impl Application {
                 })?;
         Ok(Self {
             listener,
-            store,
+            backend,
             dispatcher,
             retention: Duration::from_secs(config.retention_secs),
             connections_grace: Duration::from_millis(config.shutdown_grace_ms),
@@ -103,9 +99,9 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// The store, for callers that embed the gateway (tests, drills).
-    pub fn store(&self) -> Arc<Store> {
-        self.store.clone()
+    /// The records, for callers that embed the gateway (tests, drills).
+    pub fn records(&self) -> Arc<dyn Records> {
+        self.backend.records.clone()
     }
 
     /// Cancelling this token shuts the application down cleanly.
@@ -118,9 +114,15 @@ impl Application {
         let addr = self.local_addr().map_err(AppError::Serve)?;
         tracing::info!(%addr, "listening");
         let dispatcher = tokio::spawn(self.dispatcher.run(self.shutdown.clone()));
-        let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
+        let sweeper = retention::run(
+            self.backend.records.clone(),
+            self.retention,
+            self.shutdown.clone(),
+        );
         let sweeper = tokio::spawn(sweeper);
-        let keeper = tokio::spawn(self.store.clone().keep_available(self.shutdown.clone()));
+        let records = self.backend.records.clone();
+        let token = self.shutdown.clone();
+        let keeper = tokio::spawn(async move { records.maintain(token).await });
         let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
@@ -148,26 +150,30 @@ impl Application {
         if let Err(error) = keeper.await {
             tracing::error!(%error, "store recovery task failed");
         }
-        // The last holder closes the store; an embedder still holding it only gets the flush.
-        match Arc::try_unwrap(self.store) {
-            Ok(store) => {
-                let stats = store.close().await?;
-                tracing::info!(
-                    flushes = stats.flushes,
-                    writes = stats.waiters_served,
-                    "store closed; bye"
-                );
-            }
-            Err(shared) => {
-                shared.durable().await?;
-                if let StorageState::Lost(reason) = shared.storage_state() {
-                    return Err(AppError::Store(StoreError::Unavailable(reason)));
-                }
-                tracing::info!("store flushed; bye");
-            }
-        }
+        self.backend.records.close().await?;
+        tracing::info!("bye");
         served.map_err(AppError::Serve)
     }
+}
+
+/// Opens the engine the configuration names: the embedded store, with the
+/// in-process rate gate.
+fn open_backend(config: &GatewayConfig) -> Result<Backend, AppError> {
+    let store = Arc::new(EmbeddedStore::open_with(
+        &config.data_dir,
+        &config.store_options(),
+    )?);
+    tracing::info!(
+        recovered = store.recovered_at_open(),
+        pending = store.pending(),
+        "store open"
+    );
+    let gate = Pacer::new(&config.dispatch_settings().rate).map_err(DispatchError::from)?;
+    Ok(Backend {
+        records: store.clone(),
+        work: store,
+        gate: Arc::new(gate),
+    })
 }
 
 /// Resolves `grace` after `shutdown` is cancelled.

@@ -32,7 +32,7 @@ pub async fn run(command: Command) -> Result<(), AppError> {
 
 /// `herald check`: the report on standard output; an unsound store exits 1.
 fn check(data_dir: &Path) -> Result<(), AppError> {
-    let report = store::check(data_dir)?;
+    let report = store::embedded::check(data_dir)?;
     println!("{report}");
     if report.is_sound() {
         Ok(())
@@ -53,7 +53,7 @@ fn export(data_dir: &Path, output: Option<&Path>) -> Result<(), AppError> {
         ),
         None => Box::new(std::io::stdout().lock()),
     };
-    let summary = store::export(data_dir, &mut out)?;
+    let summary = store::embedded::export(data_dir, &mut out)?;
     out.flush().map_err(|source| AppError::Output {
         path: output.map_or("standard output".into(), |p| p.display().to_string()),
         source,

@@ -17,7 +17,8 @@ use crate::dispatch::{
 };
 use crate::secret::Secret;
 use crate::simulator::SimConfig;
-use crate::store::StoreOptions;
+use crate::store::InstanceId;
+use crate::store::embedded::StoreOptions;
 
 /// Where the provider lives when nothing else is said (the compose service name).
 pub const DEFAULT_PROVIDER_URL: &str = "http://provider:3001";
@@ -212,6 +213,10 @@ pub struct GatewayConfig {
     /// and kept in the integrity record. Without it Herald refuses to start.
     #[arg(long, env = "HERALD_ACCEPT_DATA_LOSS")]
     pub accept_data_loss: bool,
+
+    /// This gateway's name on the leases it takes. [default: host name:pid]
+    #[arg(long, env = "HERALD_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 impl GatewayConfig {
@@ -237,6 +242,15 @@ impl GatewayConfig {
             .map_or(DEFAULT_PROVIDER_URL, ProviderUrl::as_str)
     }
 
+    /// `--instance-id`, or the host name and the process id.
+    pub fn instance_id(&self) -> InstanceId {
+        InstanceId(
+            self.instance_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), std::process::id())),
+        )
+    }
+
     /// [`Self::provider_url`] as logs may show it: any password masked.
     pub fn provider_url_for_logs(&self) -> String {
         redacted(self.provider_url())
@@ -246,6 +260,9 @@ impl GatewayConfig {
         StoreOptions {
             cache_capacity_bytes: self.store_cache_mb * 1024 * 1024,
             accept_data_loss: self.accept_data_loss,
+            instance: self.instance_id(),
+            // Longer than any attempt: its call, and the retries of its record.
+            lease_for: Duration::from_millis(self.request_timeout_ms) * 6,
         }
     }
 
@@ -308,6 +325,18 @@ impl FromStr for ProviderUrl {
 impl fmt::Debug for ProviderUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&redacted(&self.0), f)
+    }
+}
+
+/// The machine's host name, or `herald` when it has none.
+fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `len` bytes into the buffer.
+    let written = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if written == 0 && !name.is_empty() => name.to_string(),
+        _ => "herald".to_string(),
     }
 }
 

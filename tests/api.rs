@@ -259,7 +259,7 @@ async fn invalid_bodies_get_the_right_status_and_are_never_stored() {
     assert_eq!(empty.status(), 400);
 
     assert_eq!(
-        app.store.request_count().unwrap(),
+        app.records.request_count().await.unwrap(),
         0,
         "nothing invalid is stored"
     );
@@ -300,7 +300,7 @@ async fn idempotency_keys_replay_the_original_and_refuse_a_different_body() {
         "invalid_idempotency_key"
     );
 
-    assert_eq!(app.store.request_count().unwrap(), 1);
+    assert_eq!(app.records.request_count().await.unwrap(), 1);
     app.stop().await;
 }
 
@@ -371,7 +371,7 @@ async fn a_full_outbox_refuses_creates_with_503_and_retry_after() {
             > 0
     );
     assert_eq!(error_code(&refused.json().await.unwrap()), "outbox_full");
-    assert_eq!(app.store.request_count().unwrap(), 1);
+    assert_eq!(app.records.request_count().await.unwrap(), 1);
     app.stop().await;
 }
 
@@ -398,6 +398,6 @@ async fn a_full_outbox_still_answers_an_idempotent_replay() {
         503,
         "new work waits"
     );
-    assert_eq!(app.store.request_count().unwrap(), 1);
+    assert_eq!(app.records.request_count().await.unwrap(), 1);
     app.stop().await;
 }

@@ -9,7 +9,8 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use herald::domain::{Channel, Notification, Priority, now_ms};
-use herald::store::{AttemptReport, Decision, Store};
+use herald::store::embedded::EmbeddedStore as Store;
+use herald::store::{AttemptReport, Decision};
 use tokio::runtime::Runtime;
 
 /// A multi-threaded runtime like the gateway's (one worker per core).

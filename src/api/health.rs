@@ -23,7 +23,7 @@ pub async fn health() -> Json<Value> {
         (status = 503, description = "Not ready", body = super::error::ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match state.store.storage_state() {
+    match state.records.storage_state() {
         StorageState::Serving => {}
         StorageState::Unavailable(detail) | StorageState::Lost(detail) => {
             return Err(ApiError::NotReady {
@@ -39,6 +39,6 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         });
     }
     Ok(Json(
-        json!({ "status": "ready", "pending": state.store.pending() }),
+        json!({ "status": "ready", "pending": state.records.pending() }),
     ))
 }

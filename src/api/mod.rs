@@ -19,7 +19,7 @@ pub use docs::ApiDoc;
 pub use error::ApiError;
 
 use crate::dispatch::DispatcherHandle;
-use crate::store::Store;
+use crate::store::Records;
 
 /// Input limits the handlers enforce.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +31,7 @@ pub struct ApiLimits {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<Store>,
+    pub records: Arc<dyn Records>,
     pub dispatcher: DispatcherHandle,
     pub limits: ApiLimits,
     pub metrics: PrometheusHandle,

@@ -155,9 +155,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let notification = parse_create(&headers, body, state.limits.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
-    let outcome = match admit(&state, key, &notification)? {
+    let outcome = match admit(&state, key, &notification).await? {
         Some(replayed) => replayed,
-        None => state.store.create(notification, key).await?,
+        None => state.records.create(notification, key).await?,
     };
     let (id, replayed) = match outcome {
         CreateOutcome::Created(id) => (id, false),
@@ -181,17 +181,17 @@ pub async fn create(
 /// Refuses a create while the outbox is full, unless it replays an
 /// idempotency key: that is an answer already given, not new work. `Some` is
 /// that replay.
-fn admit(
+async fn admit(
     state: &AppState,
     key: Option<&str>,
     notification: &crate::domain::Notification,
 ) -> Result<Option<CreateOutcome>, ApiError> {
-    let pending = state.store.pending();
+    let pending = state.records.pending();
     if pending < state.limits.outbox_limit {
         return Ok(None);
     }
     if let Some(key) = key
-        && let Some(id) = state.store.replay_of(key, notification)?
+        && let Some(id) = state.records.replay_of(key, notification).await?
     {
         return Ok(Some(CreateOutcome::Replayed(id)));
     }
@@ -224,9 +224,8 @@ pub async fn process(
     IdParam { id, .. }: IdParam,
 ) -> Result<(StatusCode, Json<StatusView>), ApiError> {
     async move {
-        let (code, status) = match state.store.request_processing(id).await? {
+        let (code, status) = match state.records.request_processing(id).await? {
             ProcessOutcome::Accepted(status) => {
-                state.dispatcher.notify();
                 tracing::info!("processing requested");
                 (StatusCode::ACCEPTED, status)
             }
@@ -257,7 +256,11 @@ pub async fn status(
     State(state): State<AppState>,
     IdParam { id, raw }: IdParam,
 ) -> Result<Json<RequestView>, ApiError> {
-    let record = state.store.get(id)?.ok_or(ApiError::RequestNotFound(raw))?;
+    let record = state
+        .records
+        .get(id)
+        .await?
+        .ok_or(ApiError::RequestNotFound(raw))?;
     Ok(Json(record.into()))
 }
 
@@ -277,8 +280,9 @@ pub async fn events(
     IdParam { id, raw }: IdParam,
 ) -> Result<Json<HistoryView>, ApiError> {
     let events = state
-        .store
-        .events(id)?
+        .records
+        .events(id)
+        .await?
         .ok_or(ApiError::RequestNotFound(raw))?;
     Ok(Json(HistoryView {
         id: id.to_string(),

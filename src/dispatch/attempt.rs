@@ -4,39 +4,34 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use super::breaker::CircuitBreaker;
-use super::pacer::Pacer;
 use super::provider::{CallOutcome, ProviderClient};
 use super::retry::RetryPolicy;
 use crate::domain::now_ms;
 use crate::instruments;
-use crate::store::{AttemptReport, Decision, Lease, Store, StoreError};
+use crate::store::{AttemptReport, Decision, Lease, RateGate, Records, StoreError};
 
 /// How long to wait before retrying a failed write of an attempt's outcome.
 const RECORD_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// What every attempt shares.
 pub struct AttemptContext {
-    pub store: Arc<Store>,
+    pub records: Arc<dyn Records>,
     pub provider: ProviderClient,
-    pub pacer: Pacer,
+    pub gate: Arc<dyn RateGate>,
     pub breaker: CircuitBreaker,
     pub retry: RetryPolicy,
-    /// Wakes the dispatcher: a retry may now be the earliest due entry.
-    pub wake: Arc<Notify>,
 }
 
 impl AttemptContext {
     pub async fn run(&self, lease: Lease) {
         // The lease must be on disk before the call: a lease a failed flush
         // lost would otherwise be leased and sent again after the store reopens.
-        if let Err(error) = self.store.durable().await {
+        if let Err(error) = self.records.sync().await {
             tracing::debug!(%error, "lease not durable; returning it unsent");
             return self.release(&lease).await;
         }
-        self.pacer
+        self.gate
             .until_channel_ready(lease.notification.channel)
             .await;
         let started = Instant::now();
@@ -60,17 +55,16 @@ impl AttemptContext {
             Decision::Failed => instruments::request_finished("failed"),
             Decision::RetryAt { .. } | Decision::Deferred { .. } => {}
         }
-        self.wake.notify_one();
     }
 
-    /// Feeds the outcome to the breaker and the pacer; returns whether the
+    /// Feeds the outcome to the breaker and the rate gate; returns whether the
     /// provider is in an outage (the breaker is open).
     fn update_health(&self, outcome: &CallOutcome) -> bool {
         match outcome {
             CallOutcome::Transient { retry_after, .. } if outcome.is_throttled() => {
-                self.pacer.throttled(*retry_after);
+                self.gate.throttled(*retry_after);
             }
-            _ => self.pacer.relieved(),
+            _ => self.gate.relieved(),
         }
         if outcome.is_provider_failure() {
             self.breaker.record_failure()
@@ -87,7 +81,7 @@ impl AttemptContext {
     async fn record(&self, lease: &Lease, report: AttemptReport, decision: Decision) {
         loop {
             match self
-                .store
+                .records
                 .finish_attempt(lease, report.clone(), decision)
                 .await
             {
@@ -111,7 +105,7 @@ impl AttemptContext {
     /// Returns an unsent lease to the outbox, retrying until that is durable.
     async fn release(&self, lease: &Lease) {
         loop {
-            match self.store.release_lease(lease).await {
+            match self.records.release_lease(lease).await {
                 Ok(()) | Err(StoreError::LeaseLost(_)) => return,
                 Err(error) => {
                     tracing::debug!(%error, "could not return the lease yet; retrying");
@@ -225,6 +219,8 @@ mod tests {
             },
             attempt,
             process_requested_at_ms: 1_000,
+            owner: crate::store::InstanceId("test".into()),
+            deadline_ms: u64::MAX,
         }
     }
 

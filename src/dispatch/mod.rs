@@ -1,11 +1,12 @@
-//! The dispatcher: leases due work from the outbox and delivers it.
+//! The dispatcher: takes due work from the work source and delivers it.
 //!
-//! One loop owns the outbox side: it waits for a free slot, for work that is
-//! due (woken by `process`, by a finished attempt, or by the timer of the next
-//! retry; it never polls), for the circuit breaker and for the rate limiter,
-//! then leases the most urgent entry and hands it to an attempt task. On
-//! shutdown it stops leasing, lets attempts finish up to a grace period, and
-//! returns whatever they abandoned to the outbox.
+//! One loop owns the leasing side: it waits for a free slot, for the circuit
+//! breaker and for the rate gate, then asks the work source for the next due
+//! delivery (which waits inside until one is due; nothing here polls) and
+//! hands the lease to an attempt task. On shutdown it stops leasing, lets
+//! attempts finish up to a grace period, and has the work source take back
+//! whatever they abandoned. It knows the store only through the traits of
+//! `crate::store`.
 
 mod attempt;
 mod breaker;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -28,8 +29,7 @@ pub use pacer::{InvalidRate, Pacer, RateSettings};
 pub use provider::{CallOutcome, ProviderClient, ProviderSettings};
 pub use retry::RetryPolicy;
 
-use crate::domain::now_ms;
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Lease, StoreError, WorkSource};
 use attempt::AttemptContext;
 
 /// How long the loop rests after the store failed, before trying again.
@@ -57,19 +57,13 @@ pub enum DispatchError {
     NoSlots,
 }
 
-/// What the rest of the app holds to talk to the dispatcher.
+/// What the rest of the app holds to ask about the dispatcher.
 #[derive(Clone)]
 pub struct DispatcherHandle {
-    wake: Arc<Notify>,
     running: Arc<AtomicBool>,
 }
 
 impl DispatcherHandle {
-    /// New work is in the outbox.
-    pub fn notify(&self) {
-        self.wake.notify_one();
-    }
-
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
     }
@@ -77,6 +71,7 @@ impl DispatcherHandle {
 
 pub struct Dispatcher {
     context: Arc<AttemptContext>,
+    work: Arc<dyn WorkSource>,
     slots: Arc<Semaphore>,
     running: Arc<AtomicBool>,
     shutdown_grace: Duration,
@@ -84,29 +79,28 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(
-        store: Arc<Store>,
+        backend: &Backend,
         settings: &DispatchSettings,
     ) -> Result<(Self, DispatcherHandle), DispatchError> {
         if settings.max_in_flight == 0 {
             return Err(DispatchError::NoSlots);
         }
-        let wake = Arc::new(Notify::new());
         let running = Arc::new(AtomicBool::new(false));
         let context = AttemptContext {
-            store,
+            records: backend.records.clone(),
             provider: ProviderClient::new(&settings.provider)?,
-            pacer: Pacer::new(&settings.rate)?,
+            gate: backend.gate.clone(),
             breaker: CircuitBreaker::new(settings.breaker.clone()),
             retry: settings.retry.clone(),
-            wake: wake.clone(),
         };
         let dispatcher = Self {
             context: Arc::new(context),
+            work: backend.work.clone(),
             slots: Arc::new(Semaphore::new(settings.max_in_flight)),
             running: running.clone(),
             shutdown_grace: settings.shutdown_grace,
         };
-        Ok((dispatcher, DispatcherHandle { wake, running }))
+        Ok((dispatcher, DispatcherHandle { running }))
     }
 
     /// Runs until `shutdown` is cancelled, then drains.
@@ -133,46 +127,28 @@ impl Dispatcher {
         self.drain(attempts).await;
     }
 
-    /// Waits for a slot, due work, the breaker and the pacer, then leases the
-    /// most urgent due entry and starts its attempt.
+    /// Waits for a slot, the breaker and the rate gate, then for the next due
+    /// delivery, and starts its attempt. The rate slot is taken before the
+    /// lease, so no request sits leased only waiting for one.
     async fn dispatch_next(&self, attempts: &mut JoinSet<()>) -> Result<(), StoreError> {
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return Ok(()); // the semaphore is never closed
         };
-        self.wait_for_due_work().await?;
         self.context.breaker.admitted().await;
         let waiting = std::time::Instant::now();
-        self.context.pacer.until_ready().await;
+        self.context.gate.until_ready().await;
         crate::instruments::rate_limiter_wait(waiting.elapsed());
-        let leased = self.context.store.lease_next_due(now_ms());
-        let Ok(Some(lease)) = leased else {
-            self.context.breaker.probe_not_sent();
-            return leased.map(drop);
+        let lease = match self.work.next().await {
+            Ok(lease) => lease,
+            Err(error) => {
+                self.context.breaker.probe_not_sent();
+                return Err(error);
+            }
         };
         let span = tracing::info_span!("request", id = %lease.id);
         let context = self.context.clone();
         attempts.spawn(run_attempt(context, lease, slot).instrument(span));
         Ok(())
-    }
-
-    async fn wait_for_due_work(&self) -> Result<(), StoreError> {
-        loop {
-            // Register before looking, so a wake between the look and the wait is kept.
-            let woken = self.context.wake.notified();
-            let now = now_ms(); // read once: a second read could pass `due`
-            let wait = match self.context.store.next_due_ms()? {
-                Some(due) if due <= now => return Ok(()),
-                Some(due) => Some(Duration::from_millis(due - now)),
-                None => None,
-            };
-            match wait {
-                Some(wait) => tokio::select! {
-                    _ = woken => {}
-                    _ = tokio::time::sleep(wait) => {}
-                },
-                None => woken.await,
-            }
-        }
     }
 
     async fn drain(&self, mut attempts: JoinSet<()>) {
@@ -191,7 +167,7 @@ impl Dispatcher {
                 "grace period over; abandoning attempts"
             );
             attempts.shutdown().await;
-            match self.context.store.recover_leases() {
+            match self.work.recover().await {
                 Ok(returned) => {
                     tracing::info!(returned, "abandoned attempts returned to the outbox")
                 }
@@ -227,10 +203,6 @@ impl Drop for Running<'_> {
     }
 }
 
-async fn run_attempt(
-    context: Arc<AttemptContext>,
-    lease: crate::store::Lease,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn run_attempt(context: Arc<AttemptContext>, lease: Lease, _slot: OwnedSemaphorePermit) {
     context.run(lease).await;
 }

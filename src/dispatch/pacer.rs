@@ -182,6 +182,25 @@ impl Pacer {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::store::RateGate for Pacer {
+    async fn until_ready(&self) {
+        Pacer::until_ready(self).await
+    }
+
+    async fn until_channel_ready(&self, channel: Channel) {
+        Pacer::until_channel_ready(self, channel).await
+    }
+
+    fn throttled(&self, retry_after: Option<Duration>) {
+        Pacer::throttled(self, retry_after)
+    }
+
+    fn relieved(&self) {
+        Pacer::relieved(self)
+    }
+}
+
 fn limiter(per_sec: f64, burst: NonZeroU32) -> Result<DefaultDirectRateLimiter, InvalidRate> {
     if !(per_sec.is_finite() && per_sec > 0.0) {
         return Err(InvalidRate(per_sec));

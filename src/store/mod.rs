@@ -1,124 +1,69 @@
-//! The durable outbox: the only module that knows sled.
+//! The seam between Herald and the databases it runs on.
 //!
-//! Trees:
-//! - `requests`: request id → [`RequestRecord`];
-//! - `outbox`: [`OutboxKey`] (priority, due time, id) → nothing; work waiting for the dispatcher;
-//! - `leases`: request id → the outbox key it was leased from; work an attempt is running on;
-//! - `events`: (request id, sequence) → [`Event`]; the append-only history;
-//! - `idempotency`: client key → [`IdempotencyRecord`];
-//! - `meta`: the on-disk format version and the per-priority counts of
-//!   undelivered requests ([`pending`]);
-//! - sled's default tree: the number of the last group-commit flush
-//!   (`commit.rs`), which the integrity record repeats (`integrity.rs`).
+//! `api/`, `dispatch/` and `retention` talk to three traits and nothing
+//! else, so an engine can change without them:
+//! - [`Records`]: every request, its history and idempotency key; the writes
+//!   the API makes (create, process) and the outcomes the dispatcher records;
+//!   the count of undelivered work; retention's purges; the store's health.
+//! - [`WorkSource`]: the next due delivery. The dispatcher asks and waits
+//!   inside [`WorkSource::next`] until something is due or new work arrives:
+//!   it never peeks at the store's order, and nothing wakes it from outside.
+//! - [`RateGate`]: the pace of provider calls: a slot to wait for, told of a
+//!   `429` (with its `Retry-After`) and of relief.
 //!
-//! Every state change after the create writes the request, its outbox or lease
-//! entry, its event and the counts it changes in one sled transaction (a create
-//! writes one fresh key with compare-and-swap: see `writes.rs`; the events of
-//! the create and of `process` are the record itself: see
-//! [`RequestRecord::implied_events`]); acknowledgements wait for the group
-//! commit to make them durable.
+//! Each engine lives in its own folder and is the only code that knows its
+//! database: [`embedded`] (sled, one process; the default).
 //!
-//! Where things live: `open.rs` opens and checks a directory, `writes.rs` and
-//! `reads.rs` are the operations, `reopen.rs` brings the store back after a
-//! write failed, `inspect.rs` is `herald check` and `herald export`.
+//! Data walks one way: HTTP → [`Records`] → [`WorkSource`] → dispatcher →
+//! provider → [`Records`].
 
-mod codec;
-mod commit;
-mod datadir;
-mod depth;
-mod engine;
-mod format;
-mod health;
-mod inspect;
-mod integrity;
-mod keys;
-mod open;
-mod pending;
-mod reads;
+pub mod embedded;
 mod records;
-mod reopen;
-mod retention;
-mod writes;
 
-use std::collections::HashSet;
-use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
-pub use codec::{CodecError, RECORD_VERSION, decode, encode};
-pub use commit::FlushStats;
-pub use datadir::DataDirError;
-pub use health::State as StorageState;
-pub use inspect::{CheckReport, check, export};
-pub use integrity::Loss;
-pub use keys::OutboxKey;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
 pub use records::{AttemptReport, Event, EventKind, IdempotencyRecord, RequestRecord};
-pub use retention::PurgeBatch;
 
-use commit::{FlushError, Flusher};
-use datadir::DataDir;
-use depth::OutboxDepth;
-use engine::Engine;
-use format::FORMAT_VERSION;
-use health::Health;
-
-use crate::domain::{Notification, RequestId, Status};
+use crate::domain::{Channel, Notification, RequestId, Status};
 
 /// What went wrong, in the store's own terms: the API and the dispatcher act
-/// on these meanings, never on sled's errors.
+/// on these meanings, never on an engine's errors. The API maps each to its
+/// HTTP answer in one place (`api/error.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no request with id {0}")]
     NotFound(RequestId),
     #[error("the idempotency key was already used with a different request body")]
     IdempotencyConflict,
-    /// Nothing can be made durable now: a full disk, an I/O error, a store
-    /// being reopened or lost. Nothing was accepted.
+    /// Nothing can be made durable or read now: a full disk, an I/O error, a
+    /// store being reopened or lost, a database out of reach. Nothing was
+    /// accepted.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// The attempt's lease was taken back (returned to the outbox) before it finished.
+    /// The attempt's lease was taken back before it finished.
     #[error("request {0} is no longer leased by this attempt")]
     LeaseLost(RequestId),
     /// Something stored cannot be read.
     #[error("damaged data: {0}")]
     Corrupt(String),
-    #[error(transparent)]
-    DataDir(#[from] DataDirError),
-    #[error(
-        "the data directory holds format version {found}, written by a newer Herald; this build reads version {FORMAT_VERSION}: run that newer Herald, or restore a backup"
-    )]
-    IncompatibleFormat { found: u8 },
-    /// Acknowledged data is missing, found at open.
-    #[error(
-        "{loss} in {dir}: restore the directory from a backup, or start with --accept-data-loss to go on without them (`herald export --data-dir {dir}` saves what is readable first)"
-    )]
-    DataLoss { dir: String, loss: String },
+    /// The store cannot be opened as it is (its directory, its format, data
+    /// missing): the message says what to do.
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// sled's errors where no running store is involved (opening, checking,
-/// upgrading); a running store goes through `Store::sled_failed`, which also
-/// stops writes.
-impl From<sled::Error> for StoreError {
-    fn from(error: sled::Error) -> Self {
-        match error {
-            sled::Error::Io(io) => StoreError::Unavailable(io.to_string()),
-            other => StoreError::Corrupt(engine::describe(&other)),
-        }
-    }
-}
-
-impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
-    fn from(error: sled::transaction::TransactionError<StoreError>) -> Self {
-        match error {
-            sled::transaction::TransactionError::Abort(error) => error,
-            sled::transaction::TransactionError::Storage(error) => error.into(),
-        }
-    }
-}
-
-impl From<CodecError> for StoreError {
-    fn from(error: CodecError) -> Self {
-        StoreError::Corrupt(error.to_string())
-    }
+/// Whether the store takes writes now, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageState {
+    Serving,
+    /// Writes fail; the engine is recovering by itself.
+    Unavailable(String),
+    /// Writes are refused for good: the data is gone from under the gateway.
+    Lost(String),
 }
 
 /// What `create` did.
@@ -138,7 +83,7 @@ pub enum ProcessOutcome {
     AlreadyRequested(Status),
 }
 
-/// An attempt the dispatcher is running: the request leaves the outbox while leased.
+/// A delivery leased to one attempt: the request leaves the queue while leased.
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub id: RequestId,
@@ -146,6 +91,10 @@ pub struct Lease {
     /// This attempt's number, from 1.
     pub attempt: u32,
     pub process_requested_at_ms: u64,
+    /// The instance whose attempt holds the lease.
+    pub owner: InstanceId,
+    /// When the lease may be taken back if its owner has not finished it.
+    pub deadline_ms: u64,
 }
 
 /// How an attempt ends for the request.
@@ -174,210 +123,135 @@ impl Decision {
     }
 }
 
-/// How the database is tuned and opened.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// Upper bound of sled's page cache. sled's own default (1 GiB) would let
-    /// memory grow far past what a sidecar gateway should use.
-    pub cache_capacity_bytes: u64,
-    /// Open even when acknowledged requests are missing, taking what is
-    /// left as the truth from now on (`--accept-data-loss`).
-    pub accept_data_loss: bool,
+/// What one [`Records::purge_final_before`] call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PurgeBatch {
+    pub purged: usize,
+    /// Where the next call resumes; `None` once the cutoff was reached.
+    pub resume_after: Option<RequestId>,
 }
 
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            cache_capacity_bytes: 8 * 1024 * 1024,
-            accept_data_loss: false,
-        }
+/// Which gateway process holds a lease: `--instance-id`, by default the host
+/// name and the process id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InstanceId(pub String);
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-/// The running engine and the flusher task serving it.
-struct Running {
-    engine: Arc<Engine>,
-    flusher: tokio::task::JoinHandle<Flusher>,
-    released: tokio::sync::oneshot::Receiver<()>,
-}
+/// Every request, its history and idempotency key.
+#[async_trait]
+pub trait Records: Send + Sync {
+    /// Stores a new `queued` request durably, or answers the request an
+    /// idempotency key with the same body made before.
+    async fn create(
+        &self,
+        notification: Notification,
+        idempotency_key: Option<&str>,
+    ) -> Result<CreateOutcome, StoreError>;
 
-/// The durable outbox. Cheap to share behind an `Arc`.
-pub struct Store {
-    dir: Arc<DataDir>,
-    options: StoreOptions,
-    health: Arc<Health>,
-    /// The open engine; `None` while the store is being reopened or is lost.
-    engine: RwLock<Option<Arc<Engine>>>,
-    /// What closing or reopening needs to take the engine down.
-    running: Mutex<
-        Option<(
-            tokio::task::JoinHandle<Flusher>,
-            tokio::sync::oneshot::Receiver<()>,
-        )>,
-    >,
-    /// Requests in the outbox or leased: processing asked for, not yet final.
-    depth: OutboxDepth,
-    /// Requests leased to attempts still running in this process: a reopen
-    /// returns every other lease it finds to the outbox.
-    live_leases: Mutex<HashSet<RequestId>>,
-    recovered_at_open: usize,
-}
+    /// The request `key` is bound to with this same body, if any: what a
+    /// create with `key` would answer as a replay, without writing anything.
+    async fn replay_of(
+        &self,
+        key: &str,
+        notification: &Notification,
+    ) -> Result<Option<RequestId>, StoreError>;
 
-impl Store {
-    /// Opens (or creates) the store in `path` with the default options.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, &StoreOptions::default())
-    }
+    /// Records, durably and once, that `id` is to be delivered.
+    async fn request_processing(&self, id: RequestId) -> Result<ProcessOutcome, StoreError>;
 
-    /// How many leases a crash had left, returned to the outbox at open.
-    pub fn recovered_at_open(&self) -> usize {
-        self.recovered_at_open
-    }
+    async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// The request's history, oldest first; `None` for an unknown id.
+    async fn events(&self, id: RequestId) -> Result<Option<Vec<Event>>, StoreError>;
 
     /// Requests stored, in any status.
-    pub fn request_count(&self) -> Result<usize, StoreError> {
-        Ok(self.engine()?.requests.len())
-    }
+    async fn request_count(&self) -> Result<u64, StoreError>;
 
-    /// Requests waiting in the outbox or being attempted.
-    pub fn pending(&self) -> u64 {
-        self.depth.total()
-    }
+    /// Waits until every write made so far is durable: a lease must be
+    /// before its provider call starts.
+    async fn sync(&self) -> Result<(), StoreError>;
 
-    /// Whether writes can be made durable now, and if not, why.
-    pub fn storage_state(&self) -> StorageState {
-        if self.health.state() == StorageState::Serving && !self.dir.is_in_place() {
-            self.health.lose(&format!(
-                "the data directory {} was deleted or replaced while Herald ran",
-                self.dir.path().display()
-            ));
-        }
-        self.health.state()
-    }
+    /// Ends a leased attempt as `decision` says, records `report` in the
+    /// history, durably. Returns the request's new status.
+    async fn finish_attempt(
+        &self,
+        lease: &Lease,
+        report: AttemptReport,
+        decision: Decision,
+    ) -> Result<Status, StoreError>;
 
-    /// Waits until every write made so far is on disk.
-    pub async fn durable(&self) -> Result<(), StoreError> {
-        let engine = self.engine()?;
-        engine.commit.durable().await.map_err(unavailable)
-    }
+    /// Returns a lease whose attempt never called the provider, due now, with
+    /// its attempt number given back. `LeaseLost` when it is not there.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Flushes, stops the flusher, releases the database and records the
-    /// clean stop in the integrity record. A store whose directory was lost
-    /// answers the reason instead, so the gateway exits non-zero.
-    pub async fn close(self) -> Result<FlushStats, StoreError> {
-        let flushed = self.durable().await;
-        let taken = self.take_engine().await;
-        if let StorageState::Lost(reason) = self.storage_state() {
-            return Err(StoreError::Unavailable(reason));
-        }
-        flushed?;
-        let Some(mut flusher) = taken else {
-            return Err(StoreError::Unavailable("the store was not open".into()));
-        };
-        open::record_clean_stop(&self.dir, &mut flusher)?;
-        Ok(flusher.stats)
-    }
+    /// Deletes up to `limit` requests final since before `cutoff_ms`, oldest
+    /// first after `resume_after`, with their history.
+    async fn purge_final_before(
+        &self,
+        cutoff_ms: u64,
+        resume_after: Option<RequestId>,
+        limit: usize,
+    ) -> Result<PurgeBatch, StoreError>;
 
-    /// The engine for one operation, or why there is none.
-    fn engine(&self) -> Result<Arc<Engine>, StoreError> {
-        let slot = self.engine.read().unwrap_or_else(|p| p.into_inner());
-        match slot.as_ref() {
-            Some(engine) => Ok(engine.clone()),
-            None => Err(StoreError::Unavailable(
-                self.health
-                    .refusal()
-                    .unwrap_or_else(|| "the store is closed".into()),
-            )),
-        }
-    }
+    /// Deletes the idempotency keys whose requests the purge deletes for the
+    /// same cutoff; returns how many. Runs before the purge.
+    async fn purge_idempotency_before(&self, cutoff_ms: u64) -> Result<usize, StoreError>;
 
-    /// Takes the engine down: waits until its last user let go and the
-    /// flusher stopped, so sled has closed its files. Returns what the
-    /// flusher owned.
-    async fn take_engine(&self) -> Option<Flusher> {
-        let engine = self
-            .engine
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        drop(engine);
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let (flusher, released) = running?;
-        let _ = released.await;
-        flusher.await.ok()
-    }
+    /// Requests waiting to be delivered or being attempted: the one count of
+    /// undelivered work (the outbox bound and `/ready` read it).
+    fn pending(&self) -> u64;
 
-    /// Puts a freshly opened engine in place.
-    fn install(&self, running: Running) {
-        let Running {
-            engine,
-            flusher,
-            released,
-        } = running;
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((flusher, released));
-        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(engine);
-    }
+    /// Whether writes can be made durable now.
+    fn storage_state(&self) -> StorageState;
 
-    /// A sled error during an operation: an I/O failure means sled refuses
-    /// writes from now on, so the store stops taking them and reopens.
-    fn sled_failed(&self, error: sled::Error) -> StoreError {
-        match error {
-            sled::Error::Corruption { .. } => {
-                StoreError::Corrupt(format!("sled read damaged data: {error}"))
-            }
-            error => {
-                let reason = engine::describe(&error);
-                self.health.fail(&reason);
-                StoreError::Unavailable(reason)
-            }
-        }
-    }
+    /// The engine's own upkeep until `shutdown` (the embedded engine reopens
+    /// its database after a failed write).
+    async fn maintain(&self, shutdown: CancellationToken);
+
+    /// Makes every write durable and lets the database go; every call after
+    /// it answers `Unavailable`. A lost store answers why, so the gateway
+    /// exits non-zero.
+    async fn close(&self) -> Result<(), StoreError>;
 }
 
-/// A failed flush, as the callers see it (the flusher has told [`Health`]).
-fn unavailable(error: FlushError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+/// Due deliveries, one lease at a time.
+#[async_trait]
+pub trait WorkSource: Send + Sync {
+    /// Waits until a delivery is due (or new work arrives), then leases the
+    /// most urgent one to this instance: highest priority first, then the
+    /// one due first. The lease is durable once [`Records::sync`] returns.
+    async fn next(&self) -> Result<Lease, StoreError>;
+
+    /// Takes back the leases no running attempt holds: those this instance
+    /// abandoned (a shutdown past its grace), and any whose owner is gone.
+    async fn recover(&self) -> Result<usize, StoreError>;
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::domain::{Channel, Priority};
+/// The pace of provider calls.
+#[async_trait]
+pub trait RateGate: Send + Sync {
+    /// Waits for a slot for the next call, whatever its channel.
+    async fn until_ready(&self);
 
-    /// A valid notification; the store's other test modules use it too.
-    pub(crate) fn notification(priority: Priority) -> Notification {
-        Notification {
-            to: "user@example.com".into(),
-            message: "hello".into(),
-            channel: Channel::Email,
-            priority,
-        }
-    }
+    /// Waits for the channel's own limit, if it has one.
+    async fn until_channel_ready(&self, channel: Channel);
 
-    /// Creates and processes one request of `priority`; returns its id.
-    pub(crate) async fn processed(store: &Store, priority: Priority) -> RequestId {
-        let CreateOutcome::Created(id) = store.create(notification(priority), None).await.unwrap()
-        else {
-            panic!("a fresh create is created")
-        };
-        store.request_processing(id).await.unwrap();
-        id
-    }
+    /// The provider refused a call with `429`, saying when to come back if it did.
+    fn throttled(&self, retry_after: Option<Duration>);
 
-    /// A fresh store holding one processed request.
-    pub(crate) async fn store_with_one_processed() -> (tempfile::TempDir, Store, RequestId) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = processed(&store, Priority::Normal).await;
-        (dir, store, id)
-    }
+    /// The provider answered without throttling.
+    fn relieved(&self);
+}
 
-    /// The engine, for tests that look at sled's trees.
-    pub(crate) fn engine(store: &Store) -> Arc<Engine> {
-        store.engine().unwrap()
-    }
+/// One engine, as the rest of Herald sees it.
+#[derive(Clone)]
+pub struct Backend {
+    pub records: Arc<dyn Records>,
+    pub work: Arc<dyn WorkSource>,
+    pub gate: Arc<dyn RateGate>,
 }

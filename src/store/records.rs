@@ -1,9 +1,13 @@
-//! The records the store persists (record version 1; see `migrations-notes/`).
+//! The records every engine keeps: a request, its history, an idempotency
+//! binding. The API shows them, the dispatcher writes attempt reports.
 //!
-//! Fields and variant order are part of the on-disk format: postcard encodes
-//! fields positionally, with no count, and enum variants by index. Changing a
+//! The embedded engine stores these very types in postcard, where fields and
+//! variant order are the on-disk format: postcard encodes fields
+//! positionally, with no count, and enum variants by index. Changing a
 //! struct's fields, even appending one, takes a new `RECORD_VERSION`; enum
-//! variants may be appended (`migrations-notes/README.md`).
+//! variants may be appended (`migrations-notes/README.md`). The tests in
+//! `embedded/codec.rs` pin the encoding of every enum, so a reordering cannot
+//! change the disk format unnoticed.
 
 use serde::{Deserialize, Serialize};
 
@@ -94,50 +98,4 @@ pub struct AttemptReport {
 pub struct IdempotencyRecord {
     pub id: RequestId,
     pub notification: Notification,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Channel, Priority};
-    use crate::store::codec::{decode, encode};
-
-    #[test]
-    fn request_and_event_records_round_trip() {
-        let record = RequestRecord {
-            id: RequestId::new(),
-            notification: Notification {
-                to: "+15550100".into(),
-                message: "code 1234".into(),
-                channel: Channel::Sms,
-                priority: Priority::Low,
-            },
-            status: Status::Processing,
-            created_at_ms: 1,
-            updated_at_ms: 2,
-            process_requested_at_ms: Some(2),
-            attempts: 3,
-            next_attempt_at_ms: Some(9),
-            provider_id: None,
-            last_error: Some("HTTP 500".into()),
-            event_count: 4,
-        };
-        assert_eq!(
-            decode::<RequestRecord>(&encode(&record).unwrap()).unwrap(),
-            record
-        );
-
-        let event = Event {
-            at_ms: 5,
-            status: Status::Sent,
-            kind: EventKind::AttemptFinished(AttemptReport {
-                attempt: 2,
-                http_status: Some(200),
-                provider_id: Some("p-1".into()),
-                latency_ms: 120,
-                ..AttemptReport::default()
-            }),
-        };
-        assert_eq!(decode::<Event>(&encode(&event).unwrap()).unwrap(), event);
-    }
 }

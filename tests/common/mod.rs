@@ -13,7 +13,7 @@ use std::time::Duration;
 use herald::app::{AppError, Application};
 use herald::config::GatewayConfig;
 use herald::simulator::{RunningSimulator, SimConfig, Simulator};
-use herald::store::Store;
+use herald::store::Records;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpSocket;
@@ -29,7 +29,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub provider: Option<RunningSimulator>,
-    pub store: Arc<Store>,
+    pub records: Arc<dyn Records>,
     pub data_dir: TempDir,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), AppError>>,
@@ -99,13 +99,13 @@ pub async fn spawn_gateway(
     let app = Application::build(&config).await.expect("app builds");
     let address = format!("http://{}", app.local_addr().unwrap());
     let shutdown = app.shutdown_token();
-    let store = app.store();
+    let records = app.records();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
         provider: None,
-        store,
+        records,
         data_dir,
         shutdown,
         task,
@@ -246,14 +246,11 @@ impl TestApp {
     /// The data directory is free to open again once this returns.
     pub async fn stop(self) -> TempDir {
         let Self {
-            store,
             shutdown,
             task,
             data_dir,
             ..
         } = self;
-        // The app closes the store (and releases its lock) only as its last holder.
-        drop(store);
         shutdown.cancel();
         let stopped = tokio::time::timeout(SETTLE_TIMEOUT, task).await;
         let stopped = stopped.expect("the app stops within the settle timeout");

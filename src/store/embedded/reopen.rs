@@ -14,25 +14,23 @@
 //! other lease the reopened store holds (its write was in the failed flush)
 //! goes back to the outbox.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::health::State;
 use super::open::{commit_seq, open_sled};
-use super::{Store, StoreError, pending};
-use crate::domain::Priority;
+use super::{EmbeddedStore, StoreError, pending};
+use crate::store::StorageState as State;
 
 /// The first pause between two tries to reopen, doubled up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 /// "Writes work again within seconds" once the disk has room.
 const MAX_PAUSE: Duration = Duration::from_secs(2);
 
-impl Store {
+impl EmbeddedStore {
     /// Watches the store until `shutdown`: after a failed write, reopens it
     /// as soon as the disk takes writes again. A lost store stays lost.
-    pub async fn keep_available(self: Arc<Self>, shutdown: CancellationToken) {
+    pub async fn keep_available(&self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -114,6 +112,7 @@ impl Store {
             }
         }
         self.health.recovered();
+        self.work_arrived();
         Ok(())
     }
 }
@@ -128,9 +127,9 @@ enum ReopenError {
 /// Leases on disk, by priority rank.
 fn leased_by_priority(opened: &super::engine::Opened) -> Result<[u64; 3], StoreError> {
     let mut counts = [0; 3];
-    for leased_from in opened.leases().iter().values() {
-        let key = super::reads::decode_outbox_key(&leased_from?)?;
-        counts[usize::from(key.rank.min(Priority::ALL.len() as u8 - 1))] += 1;
+    for lease in opened.leases().iter().values() {
+        let key = super::reads::decode_lease(&lease?)?.leased_from;
+        counts[usize::from(key.rank)] += 1;
     }
     Ok(counts)
 }

@@ -6,8 +6,8 @@
 //! only the part created before its cutoff. A request goes only when it is final
 //! (`sent` or `failed`) and has been since before the cutoff; undelivered work
 //! is kept whatever its age. An idempotency binding goes with its request, and
-//! first: [`Store::purge_idempotency_before`] runs before
-//! [`Store::purge_final_before`], because a binding left without its request
+//! first: [`EmbeddedStore::purge_idempotency_before`] runs before
+//! [`EmbeddedStore::purge_final_before`], because a binding left without its request
 //! would let a replay of its key write the request again, as new (that is how a
 //! replay completes a create a crash cut short).
 
@@ -17,18 +17,13 @@ use sled::Transactional;
 
 use super::commit::Ack;
 use super::engine::Engine;
-use super::{IdempotencyRecord, RequestRecord, Store, StoreError, decode, keys, unavailable};
+use super::{
+    EmbeddedStore, IdempotencyRecord, PurgeBatch, RequestRecord, StoreError, decode, keys,
+    unavailable,
+};
 use crate::domain::RequestId;
 
-/// What one [`Store::purge_final_before`] call did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PurgeBatch {
-    pub purged: usize,
-    /// Where the next call resumes; `None` once the cutoff was reached.
-    pub resume_after: Option<RequestId>,
-}
-
-impl Store {
+impl EmbeddedStore {
     /// Reads up to `limit` requests created before `cutoff_ms`, oldest first
     /// and after `resume_after`, deletes those that became final before the
     /// cutoff with their events, and waits until that is on disk. Reading a
@@ -82,7 +77,7 @@ impl Store {
         })
     }
 
-    /// Deletes the idempotency bindings whose request [`Store::purge_final_before`]
+    /// Deletes the idempotency bindings whose request [`EmbeddedStore::purge_final_before`]
     /// deletes for the same cutoff (final since before it), or which were made
     /// before it and have no request, and waits until that is on disk. Returns
     /// how many.
@@ -152,21 +147,25 @@ fn created_at_or_after(ms: u64) -> [u8; 16] {
 mod tests {
     use super::*;
     use crate::domain::{Priority, Status, now_ms};
-    use crate::store::tests::{engine, notification};
+    use crate::store::embedded::tests::{engine, notification};
     use crate::store::{AttemptReport, CreateOutcome, Decision};
 
-    async fn create(store: &Store, key: Option<&str>) -> RequestId {
+    async fn create(store: &EmbeddedStore, key: Option<&str>) -> RequestId {
         create_with(store, key, Priority::Normal).await
     }
 
-    async fn create_with(store: &Store, key: Option<&str>, priority: Priority) -> RequestId {
+    async fn create_with(
+        store: &EmbeddedStore,
+        key: Option<&str>,
+        priority: Priority,
+    ) -> RequestId {
         match store.create(notification(priority), key).await.unwrap() {
             CreateOutcome::Created(id) | CreateOutcome::Replayed(id) => id,
         }
     }
 
     /// Creates, processes and finishes a request with `decision`.
-    async fn finished(store: &Store, key: Option<&str>, decision: Decision) -> RequestId {
+    async fn finished(store: &EmbeddedStore, key: Option<&str>, decision: Decision) -> RequestId {
         let id = create(store, key).await;
         store.request_processing(id).await.unwrap();
         let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
@@ -191,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn only_final_requests_older_than_the_cutoff_go_with_their_history_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let sent = finished(&store, Some("k-sent"), Decision::Sent).await;
         let failed = finished(&store, None, Decision::Failed).await;
         let queued = create(&store, Some("k-queued")).await;
@@ -248,7 +247,7 @@ mod tests {
     #[tokio::test]
     async fn a_replay_between_the_two_purges_makes_a_new_request_not_the_old_one_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let sent = finished(&store, Some("k"), Decision::Sent).await;
         let cutoff = now_ms() + 1;
 
@@ -270,7 +269,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreadable_record_is_skipped_not_a_stop() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let unreadable = RequestId::new();
         engine(&store)
             .requests
@@ -294,7 +293,7 @@ mod tests {
     async fn purged_requests_stay_gone_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let id = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
             let id = finished(&store, None, Decision::Sent).await;
             let cutoff = now_ms() + 1;
             let batch = store.purge_final_before(cutoff, None, 10).await.unwrap();
@@ -302,7 +301,7 @@ mod tests {
             store.close().await.unwrap();
             id
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         assert!(store.get(id).unwrap().is_none());
         assert_eq!((store.request_count().unwrap(), store.pending()), (0, 0));
     }

@@ -20,15 +20,15 @@ use std::sync::Arc;
 
 use super::commit::{COMMIT_SEQ_KEY, Flusher, GroupCommit};
 use super::datadir::DataDir;
-use super::depth::OutboxDepth;
 use super::engine::Opened;
 use super::health::Health;
 use super::integrity::{IntegrityError, Record, RecordFile, Tally};
-use super::{FlushStats, Running, Store, StoreError, StoreOptions, format, pending};
+use super::pending::OutboxDepth;
+use super::{EmbeddedStore, FlushStats, Running, StoreError, StoreOptions, format, pending};
 use crate::domain::{RequestId, now_ms};
 use crate::instruments;
 
-impl Store {
+impl EmbeddedStore {
     /// Opens (or creates) the store in `path`: takes the directory, opens
     /// sled, checks the format and the integrity record, and returns every
     /// lease a crash left behind to the outbox. Starts the flusher, so it
@@ -60,6 +60,7 @@ impl Store {
             running: Default::default(),
             depth: OutboxDepth::default(),
             live_leases: Default::default(),
+            wake: Default::default(),
             recovered_at_open: 0,
         };
         store.install(store.start(opened, file, record));
@@ -214,10 +215,7 @@ impl Verdict {
         missing: u64,
     ) -> Result<(), StoreError> {
         if !self.accept_data_loss {
-            return Err(StoreError::DataLoss {
-                dir: dir.path().display().to_string(),
-                loss: why.to_string(),
-            });
+            return Err(data_loss(dir, why));
         }
         tracing::error!(
             reason = why,
@@ -331,7 +329,7 @@ pub(super) fn scan(opened: &Opened, skip_unreadable: bool) -> Result<Tally, Stor
 
 fn io_error(dir: &DataDir) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |error| {
-        StoreError::DataDir(super::DataDirError::from_io(
+        StoreError::from(super::DataDirError::from_io(
             dir.path(),
             "checking the integrity record",
             error,
@@ -342,9 +340,14 @@ fn io_error(dir: &DataDir) -> impl Fn(std::io::Error) -> StoreError + '_ {
 fn integrity_error(dir: &DataDir) -> impl Fn(IntegrityError) -> StoreError + '_ {
     move |error| match error {
         IntegrityError::Io(io) => io_error(dir)(io),
-        other => StoreError::DataLoss {
-            dir: dir.path().display().to_string(),
-            loss: other.to_string(),
-        },
+        other => data_loss(dir, &other.to_string()),
     }
+}
+
+/// A refusal to start for missing data, with the ways out.
+fn data_loss(dir: &DataDir, why: &str) -> StoreError {
+    let dir = dir.path().display();
+    StoreError::Refused(format!(
+        "{why} in {dir}: restore the directory from a backup, or start with --accept-data-loss to go on without them (`herald export --data-dir {dir}` saves what is readable first)"
+    ))
 }

@@ -116,7 +116,8 @@ impl Identity {
 pub struct DataDir {
     path: PathBuf,
     identity: Identity,
-    _lock: File,
+    /// Held until [`DataDir::release`] or the drop.
+    lock: std::sync::Mutex<Option<File>>,
 }
 
 impl DataDir {
@@ -152,12 +153,17 @@ impl DataDir {
         Ok(Self {
             path: path.to_path_buf(),
             identity,
-            _lock: lock,
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets another Herald take the directory (the store is closed).
+    pub fn release(&self) {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Whether the path still leads to the directory that was opened: `false`

@@ -18,7 +18,7 @@ use super::datadir::DataDir;
 use super::engine::Opened;
 use super::integrity::{Record, RecordFile, Tally};
 use super::open::{commit_seq, open_sled};
-use super::reads::decode_outbox_key;
+use super::reads::{decode_lease, decode_outbox_key};
 use super::{Event, RequestRecord, StoreError, decode, format, keys, pending};
 
 /// Problems past this many are counted, not listed.
@@ -150,7 +150,7 @@ pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
         && let (Some(file), Some(record)) = (file.as_mut(), report.record.as_mut())
     {
         record.clean = Some(dir.digest_sled_files().map_err(|e| {
-            StoreError::DataDir(super::DataDirError::from_io(
+            StoreError::from(super::DataDirError::from_io(
                 path,
                 "reading sled's files",
                 e,
@@ -206,10 +206,13 @@ fn check_work(opened: &Opened, report: &mut CheckReport) {
         .map(|k| ("outbox", k))
         .chain(opened.leases().iter().values().map(|v| ("leases", v)));
     for (tree, entry) in entries {
-        let key = match entry
+        let decoded = entry
             .map_err(StoreError::from)
-            .and_then(|k| decode_outbox_key(&k))
-        {
+            .and_then(|bytes| match tree {
+                "leases" => decode_lease(&bytes).map(|lease| lease.leased_from),
+                _ => decode_outbox_key(&bytes),
+            });
+        let key = match decoded {
             Ok(key) => key,
             Err(error) => {
                 report.problem(format!("{tree}: {error}"));
@@ -389,12 +392,13 @@ fn next_key(mut key: [u8; 16]) -> [u8; 16] {
 mod tests {
     use super::*;
     use crate::domain::{Priority, RequestId, Status, now_ms};
-    use crate::store::tests::{engine, processed};
-    use crate::store::{AttemptReport, Decision, Store};
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::embedded::tests::{engine, processed};
+    use crate::store::{AttemptReport, Decision};
 
     async fn a_store_with_history() -> (tempfile::TempDir, Vec<RequestId>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let sent = processed(&store, Priority::High).await;
         let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
         store
@@ -437,7 +441,7 @@ mod tests {
             "created, process, attempt started and finished"
         );
 
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         for line in lines {
             assert_eq!(store.get(line.request.id).unwrap().unwrap(), line.request);
             assert_eq!(store.events(line.request.id).unwrap().unwrap(), line.events);
@@ -448,7 +452,7 @@ mod tests {
     async fn an_inconsistent_store_is_not_sound() {
         let (dir, ids) = a_store_with_history().await;
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
             engine(&store).requests.remove(ids[1].as_bytes()).unwrap();
             store.close().await.unwrap();
         }

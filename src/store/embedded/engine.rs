@@ -113,7 +113,7 @@ impl Opened {
 fn opening_error(path: &Path, error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(io) => {
-            StoreError::DataDir(DataDirError::from_io(path, "opening the database", io))
+            StoreError::from(DataDirError::from_io(path, "opening the database", io))
         }
         sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
             "sled found damaged data in {} when opening it; `herald check --data-dir {}` reports what is readable and `herald export` saves it",

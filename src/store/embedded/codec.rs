@@ -45,7 +45,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Channel, Notification, Priority};
+    use crate::domain::{Channel, Notification, Priority, RequestId, Status};
+    use crate::store::{AttemptReport, Event, EventKind, RequestRecord};
 
     fn sample() -> Notification {
         Notification {
@@ -114,5 +115,84 @@ mod tests {
             decode::<Notification>(&bytes[..bytes.len() - 3]),
             Err(CodecError::Postcard(_))
         ));
+    }
+
+    #[test]
+    fn every_enum_keeps_its_variant_indexes_on_disk() {
+        use crate::domain::Status;
+        use crate::store::{AttemptReport, EventKind};
+        // postcard writes a variant as its index: these bytes are the format.
+        let index = |bytes: Vec<u8>| bytes[1];
+        let statuses = [
+            Status::Queued,
+            Status::Processing,
+            Status::Sent,
+            Status::Failed,
+        ];
+        let channels = [Channel::Email, Channel::Sms, Channel::Push];
+        let priorities = [Priority::High, Priority::Normal, Priority::Low];
+        let kinds = [
+            EventKind::Created,
+            EventKind::ProcessRequested,
+            EventKind::AttemptStarted { attempt: 1 },
+            EventKind::AttemptFinished(AttemptReport::default()),
+            EventKind::LeaseRecovered,
+        ];
+        let encoded = |values: Vec<Vec<u8>>| values.into_iter().map(index).collect::<Vec<_>>();
+        assert_eq!(
+            encoded(statuses.iter().map(|v| encode(v).unwrap()).collect()),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(
+            encoded(channels.iter().map(|v| encode(v).unwrap()).collect()),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            encoded(priorities.iter().map(|v| encode(v).unwrap()).collect()),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            encoded(kinds.iter().map(|v| encode(v).unwrap()).collect()),
+            [0, 1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn request_and_event_records_round_trip() {
+        let record = RequestRecord {
+            id: RequestId::new(),
+            notification: Notification {
+                to: "+15550100".into(),
+                message: "code 1234".into(),
+                channel: Channel::Sms,
+                priority: Priority::Low,
+            },
+            status: Status::Processing,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            process_requested_at_ms: Some(2),
+            attempts: 3,
+            next_attempt_at_ms: Some(9),
+            provider_id: None,
+            last_error: Some("HTTP 500".into()),
+            event_count: 4,
+        };
+        assert_eq!(
+            decode::<RequestRecord>(&encode(&record).unwrap()).unwrap(),
+            record
+        );
+
+        let event = Event {
+            at_ms: 5,
+            status: Status::Sent,
+            kind: EventKind::AttemptFinished(AttemptReport {
+                attempt: 2,
+                http_status: Some(200),
+                provider_id: Some("p-1".into()),
+                latency_ms: 120,
+                ..AttemptReport::default()
+            }),
+        };
+        assert_eq!(decode::<Event>(&encode(&event).unwrap()).unwrap(), event);
     }
 }

@@ -5,6 +5,10 @@
 //!   per priority yields the earliest-due entry first, oldest id breaking ties;
 //! - events: `[request id: 16 bytes][sequence: u32]`, so one prefix scan yields a
 //!   request's history in order.
+//!
+//! And one value: a lease (`leases` tree, keyed by request id) is
+//! `[outbox key it was leased from: 25 bytes][deadline ms: u64][owner: UTF-8]`
+//! since format 4; format 3 stored the outbox key alone.
 
 use crate::domain::{Priority, RequestId};
 
@@ -66,6 +70,46 @@ impl OutboxKey {
     }
 }
 
+/// A lease as the `leases` tree holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseEntry {
+    pub leased_from: OutboxKey,
+    /// 0 for a lease format 3 wrote (it had none).
+    pub deadline_ms: u64,
+    /// Empty for a lease format 3 wrote.
+    pub owner: String,
+}
+
+impl LeaseEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(OUTBOX_KEY_LEN + 8 + self.owner.len());
+        bytes.extend_from_slice(&self.leased_from.encode());
+        bytes.extend_from_slice(&self.deadline_ms.to_be_bytes());
+        bytes.extend_from_slice(self.owner.as_bytes());
+        bytes
+    }
+
+    /// `None` unless `bytes` is a lease of format 3 or 4.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let leased_from = OutboxKey::decode(bytes.get(..OUTBOX_KEY_LEN)?)?;
+        let rest = &bytes[OUTBOX_KEY_LEN..];
+        if rest.is_empty() {
+            return Some(Self {
+                leased_from,
+                deadline_ms: 0,
+                owner: String::new(),
+            });
+        }
+        let deadline_ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let owner = std::str::from_utf8(&rest[8..]).ok()?.to_string();
+        Some(Self {
+            leased_from,
+            deadline_ms,
+            owner,
+        })
+    }
+}
+
 /// Key of the `seq`-th event of request `id`.
 pub fn event_key(id: RequestId, seq: u32) -> [u8; EVENT_KEY_LEN] {
     let mut key = [0u8; EVENT_KEY_LEN];
@@ -117,6 +161,23 @@ mod tests {
         assert_eq!(decoded, keys);
         assert_eq!(decoded[0].rank, Priority::High.rank());
         assert_eq!((decoded[1].due_ms, decoded[2].id), (2, a));
+    }
+
+    #[test]
+    fn leases_round_trip_and_format_3_leases_still_read() {
+        let leased_from = OutboxKey::new(Priority::High, 42, RequestId::new());
+        let entry = LeaseEntry {
+            leased_from,
+            deadline_ms: 1_700_000_060_000,
+            owner: "host-1:4242".into(),
+        };
+        assert_eq!(LeaseEntry::decode(&entry.encode()), Some(entry));
+        let old = LeaseEntry::decode(&leased_from.encode()).unwrap();
+        assert_eq!(
+            (old.leased_from, old.deadline_ms, old.owner.as_str()),
+            (leased_from, 0, "")
+        );
+        assert_eq!(LeaseEntry::decode(&leased_from.encode()[..20]), None);
     }
 
     #[test]

@@ -14,15 +14,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::instruments;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum State {
-    Serving,
-    /// Writes fail; a reopen is under way.
-    Unavailable(String),
-    /// Writes are refused for good: the data directory is gone, or data is missing.
-    Lost(String),
-}
+use crate::store::StorageState as State;
 
 #[derive(Default)]
 pub struct Health {

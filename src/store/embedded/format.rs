@@ -7,12 +7,15 @@
 //!   (the request record holds it). Records are unchanged.
 //! - 3: `process` no longer stores its `process_requested` event either (the
 //!   record's `process_requested_at_ms` holds it). Records are unchanged.
+//! - 4: a lease also holds its deadline and its owner's instance id
+//!   (`keys::LeaseEntry`). Format 3's leases (the outbox key alone) are read
+//!   as they are, so nothing is rewritten.
 
 use super::engine::Opened;
 use super::{StoreError, pending};
 
 /// The layout this build reads and writes.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 pub(super) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// Accepts a database of this layout, starts a new one, upgrades an older one,
@@ -27,10 +30,13 @@ pub(super) fn check_or_upgrade(trees: &Opened) -> Result<(), StoreError> {
             trees.meta().insert(FORMAT_VERSION_KEY, &[FORMAT_VERSION])?;
         }
         Some([1]) => upgrade_from_v1(trees)?,
-        Some([2]) => upgrade_from_v2(trees)?,
+        Some([old @ (2 | 3)]) => upgrade_from(trees, *old)?,
         Some(other) => {
             let found = other.first().copied().unwrap_or(0);
-            return Err(StoreError::IncompatibleFormat { found });
+            return Err(StoreError::Refused(format!(
+                "the data directory {} holds format version {found}, written by a newer Herald; this build reads version {FORMAT_VERSION}: run that newer Herald, or restore a backup",
+                trees.path.display()
+            )));
         }
     }
     trees.db.flush()?;
@@ -55,10 +61,11 @@ fn refuse_foreign(trees: &Opened) -> Result<(), StoreError> {
     let holds_data =
         !trees.db.is_empty() || !trees.requests().is_empty() || others.next().is_some();
     if holds_data {
-        return Err(StoreError::DataDir(super::DataDirError::Foreign {
+        return Err(super::DataDirError::Foreign {
             dir: trees.path.clone(),
             found: "a sled database without Herald's format version".into(),
-        }));
+        }
+        .into());
     }
     Ok(())
 }
@@ -81,10 +88,12 @@ fn upgrade_from_v1(trees: &Opened) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Nothing to rewrite: version 2's stored `process_requested` events stay
-/// readable as they are, and new ones are implied by the record.
-fn upgrade_from_v2(trees: &Opened) -> Result<(), StoreError> {
-    tracing::info!("upgrading the data directory from format 2 to {FORMAT_VERSION}");
+/// Nothing to rewrite from version 2 or 3: version 2's stored
+/// `process_requested` events stay readable as they are (and new ones are
+/// implied by the record), and version 3's leases read as leases without a
+/// deadline or an owner.
+fn upgrade_from(trees: &Opened, old: u8) -> Result<(), StoreError> {
+    tracing::info!("upgrading the data directory from format {old} to {FORMAT_VERSION}");
     trees.meta().insert(FORMAT_VERSION_KEY, &[FORMAT_VERSION])?;
     Ok(())
 }
@@ -95,25 +104,26 @@ mod tests {
 
     use super::*;
     use crate::domain::{Priority, RequestId, Status, now_ms};
-    use crate::store::tests::{engine, processed};
-    use crate::store::{Event, EventKind, Store, StoreError, encode, keys};
+    use crate::store::embedded::tests::{engine, processed};
+    use crate::store::embedded::{EmbeddedStore, encode, keys};
+    use crate::store::{Event, EventKind};
 
     /// Marks `store` as written by format `version`, closes it, opens its
     /// directory again and checks that the open upgraded it.
-    async fn reopened_as_format(store: Store, dir: &Path, version: u8) -> Store {
+    async fn reopened_as_format(store: EmbeddedStore, dir: &Path, version: u8) -> EmbeddedStore {
         engine(&store)
             .meta
             .insert(FORMAT_VERSION_KEY, &[version])
             .unwrap();
         store.close().await.unwrap();
-        let store = Store::open(dir).unwrap();
+        let store = EmbeddedStore::open(dir).unwrap();
         let found = engine(&store).meta.get(FORMAT_VERSION_KEY).unwrap();
         assert_eq!(found.as_deref(), Some(&[FORMAT_VERSION][..]));
         store
     }
 
     /// An event as an older format stored it, at sequence `seq` of `id`.
-    fn store_event(store: &Store, id: RequestId, seq: u32, at_ms: u64, kind: EventKind) {
+    fn store_event(store: &EmbeddedStore, id: RequestId, seq: u32, at_ms: u64, kind: EventKind) {
         let event = Event {
             at_ms,
             status: Status::Queued,
@@ -130,7 +140,7 @@ mod tests {
     async fn a_format_1_database_is_upgraded_and_keeps_its_stored_created_events() {
         let dir = tempfile::tempdir().unwrap();
         let created_at = 1_700_000_000_000;
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let id = processed(&store, Priority::High).await;
         processed(&store, Priority::Low).await;
         store.lease_next_due(now_ms() + 1).unwrap().unwrap();
@@ -157,7 +167,7 @@ mod tests {
     async fn a_format_2_database_is_upgraded_and_keeps_its_stored_process_events() {
         let dir = tempfile::tempdir().unwrap();
         let requested_at = 1_700_000_000_000;
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let id = processed(&store, Priority::Normal).await;
         // What format 2 left: a stored `process_requested` event.
         let seq = crate::store::records::PROCESS_REQUESTED_SEQUENCE;
@@ -182,9 +192,11 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let refused = Store::open(dir.path());
+        let refused = EmbeddedStore::open(dir.path()).err().map(|e| e.to_string());
+        let expected = format!("holds format version {}", FORMAT_VERSION + 1);
         assert!(
-            matches!(refused, Err(StoreError::IncompatibleFormat { found }) if found == FORMAT_VERSION + 1)
+            refused.as_deref().is_some_and(|e| e.contains(&expected)),
+            "{refused:?}"
         );
     }
 
@@ -199,7 +211,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let refused = Store::open(dir.path()).err().map(|e| e.to_string());
+        let refused = EmbeddedStore::open(dir.path()).err().map(|e| e.to_string());
         assert!(
             refused
                 .as_deref()

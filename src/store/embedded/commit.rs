@@ -269,7 +269,7 @@ mod tests {
         assert!(matches!(result, Err(FlushError::DirectoryGone)));
         assert!(matches!(
             health.state(),
-            super::super::health::State::Lost(_)
+            crate::store::StorageState::Lost(_)
         ));
     }
 }

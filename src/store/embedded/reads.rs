@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{Event, IdempotencyRecord, OutboxKey, RequestRecord, Store, StoreError, decode, keys};
+use super::{
+    EmbeddedStore, Event, IdempotencyRecord, OutboxKey, RequestRecord, StoreError, decode, keys,
+};
 use crate::domain::{Notification, Priority, RequestId};
 
-impl Store {
+impl EmbeddedStore {
     pub fn get(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
         let engine = self.engine()?;
         match engine
@@ -79,6 +81,11 @@ pub(super) fn rank_range() -> impl Iterator<Item = u8> {
 pub(super) fn decode_outbox_key(bytes: &[u8]) -> Result<OutboxKey, StoreError> {
     OutboxKey::decode(bytes)
         .ok_or_else(|| StoreError::Corrupt(format!("an outbox key of {} bytes", bytes.len())))
+}
+
+pub(super) fn decode_lease(bytes: &[u8]) -> Result<super::keys::LeaseEntry, StoreError> {
+    super::keys::LeaseEntry::decode(bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("a lease of {} bytes", bytes.len())))
 }
 
 /// The id of an idempotency binding, or a conflict when it was made for

@@ -8,12 +8,13 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
 
 use super::commit::Ack;
-use super::depth::EntryState;
 use super::engine::Engine;
+use super::keys::LeaseEntry;
+use super::pending::EntryState;
 use super::{AttemptReport, Event, EventKind, IdempotencyRecord, OutboxKey, RequestRecord};
 use super::{
-    CreateOutcome, Decision, Lease, ProcessOutcome, Store, StoreError, decode, encode, keys,
-    pending, unavailable,
+    CreateOutcome, Decision, EmbeddedStore, Lease, ProcessOutcome, StoreError, decode, encode,
+    keys, pending, unavailable,
 };
 use crate::domain::{Notification, RequestId, Status, now_ms};
 
@@ -28,7 +29,7 @@ enum Taken {
     Gone,
 }
 
-impl Store {
+impl EmbeddedStore {
     /// Stores a new `queued` request and waits until it is on disk (and
     /// counted in the integrity record).
     ///
@@ -38,7 +39,7 @@ impl Store {
     /// throughput, measured). A create touches keys no one else writes yet,
     /// so compare-and-swap gives what the transaction gave; the one flush
     /// below covers all of its writes. Its `created` event is the record
-    /// itself (see [`Store::events`]): one write per create, not two.
+    /// itself (see [`EmbeddedStore::events`]): one write per create, not two.
     pub async fn create(
         &self,
         notification: Notification,
@@ -152,6 +153,7 @@ impl Store {
         let outcome = self.committed(outcome)?;
         if let ProcessOutcome::Accepted(_) = outcome.0 {
             self.depth.add(outcome.1, EntryState::Waiting);
+            self.work_arrived();
         }
         // Also for a repeated call: the first call's write may still be in flight.
         engine.commit.durable().await.map_err(unavailable)?;
@@ -160,7 +162,7 @@ impl Store {
 
     /// Takes the most urgent due entry out of the outbox and leases it: highest
     /// priority first, then earliest due. The request becomes `processing`.
-    /// The lease is not yet durable: await [`Store::durable`] before calling
+    /// The lease is not yet durable: await [`EmbeddedStore::durable`] before calling
     /// the provider, so that a lease a failed flush lost was never sent.
     pub fn lease_next_due(&self, now_ms: u64) -> Result<Option<Lease>, StoreError> {
         let engine = self.engine()?;
@@ -203,7 +205,12 @@ impl Store {
                 record.status = Status::Processing;
                 record.attempts += 1;
                 record.next_attempt_at_ms = None;
-                leases.insert(key.id.as_bytes(), &key_bytes)?;
+                let lease = LeaseEntry {
+                    leased_from: key,
+                    deadline_ms: now + self.options.lease_for.as_millis() as u64,
+                    owner: self.options.instance.0.clone(),
+                };
+                leases.insert(key.id.as_bytes(), lease.encode())?;
                 let attempt = record.attempts;
                 append_event(
                     events,
@@ -217,6 +224,8 @@ impl Store {
                     notification: record.notification,
                     attempt,
                     process_requested_at_ms: record.process_requested_at_ms.unwrap_or(now),
+                    owner: self.options.instance.clone(),
+                    deadline_ms: lease.deadline_ms,
                 }))
             });
         match self.committed(taken)? {
@@ -289,7 +298,8 @@ impl Store {
         match decision {
             Decision::RetryAt { .. } | Decision::Deferred { .. } => {
                 self.depth
-                    .moved(priority, EntryState::Leased, EntryState::Waiting)
+                    .moved(priority, EntryState::Leased, EntryState::Waiting);
+                self.work_arrived();
             }
             Decision::Sent | Decision::Failed => self.depth.remove(priority, EntryState::Leased),
         }
@@ -352,15 +362,12 @@ impl Store {
         let now = now_ms();
         let returned =
             attempt_trees(engine).transaction(|(leases, outbox, requests, events, meta)| {
-                let Some(key_bytes) = leases.remove(id.as_bytes())? else {
+                let Some(lease_bytes) = leases.remove(id.as_bytes())? else {
                     return Ok(None);
                 };
-                let leased_from = OutboxKey::decode(&key_bytes).ok_or_else(|| {
-                    ConflictableTransactionError::Abort(StoreError::Corrupt(format!(
-                        "the lease of {id} names an outbox key of {} bytes",
-                        key_bytes.len()
-                    )))
-                })?;
+                let leased_from = super::reads::decode_lease(&lease_bytes)
+                    .map_err(ConflictableTransactionError::Abort)?
+                    .leased_from;
                 let priority = leased_from.priority();
                 let Some(bytes) = requests.get(id.as_bytes())? else {
                     // A lease without its request cannot be sent: drop it, as
@@ -386,6 +393,7 @@ impl Store {
             Some((priority, true)) => {
                 self.depth
                     .moved(priority, EntryState::Leased, EntryState::Waiting);
+                self.work_arrived();
                 Ok(true)
             }
             Some((priority, false)) => {
@@ -476,12 +484,14 @@ fn advance_history(record: &mut RequestRecord, now: u64) {
 mod tests {
     use super::*;
     use crate::domain::Priority;
-    use crate::store::tests::{engine, notification, processed, store_with_one_processed};
+    use crate::store::embedded::tests::{
+        engine, notification, processed, store_with_one_processed,
+    };
 
     #[tokio::test]
     async fn leases_go_by_priority_then_age_and_skip_entries_not_yet_due() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let low = processed(&store, Priority::Low).await;
         let normal = processed(&store, Priority::Normal).await;
         let high = processed(&store, Priority::High).await;
@@ -573,13 +583,13 @@ mod tests {
     async fn leases_left_by_a_crash_return_to_the_outbox_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let id = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
             let id = processed(&store, Priority::High).await;
             store.lease_next_due(now_ms() + 1).unwrap().unwrap();
             store.close().await.unwrap();
             id // closed with the lease outstanding, as a crash would leave it
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.recovered_at_open(), 1);
         assert_eq!(store.pending(), 1);
         let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
@@ -654,13 +664,13 @@ mod tests {
     async fn a_lease_without_its_request_is_dropped_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
             let id = processed(&store, Priority::High).await;
             store.lease_next_due(now_ms() + 1).unwrap().unwrap();
             engine(&store).requests.remove(id.as_bytes()).unwrap();
             store.close().await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.recovered_at_open(), 0);
         assert_eq!((store.pending(), engine(&store).leases.len()), (0, 0));
     }
@@ -683,7 +693,7 @@ mod tests {
     #[tokio::test]
     async fn idempotency_keys_bind_one_body() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let first = store
             .create(notification(Priority::Normal), Some("k"))
             .await
@@ -704,7 +714,7 @@ mod tests {
     #[tokio::test]
     async fn a_replay_completes_a_binding_a_crash_left_without_its_request() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         let id = RequestId::new();
         let binding = IdempotencyRecord {
             id,
@@ -727,7 +737,7 @@ mod tests {
     async fn pending_counts_persist_through_every_transition_and_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
             for priority in [
                 Priority::High,
                 Priority::High,
@@ -762,7 +772,7 @@ mod tests {
             assert_eq!(store.pending(), 2);
             store.close().await.unwrap(); // one lease outstanding, as a crash leaves it
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.recovered_at_open(), 1);
         assert_eq!(store.pending(), 2);
         let persisted = pending::load(&engine(&store).meta).unwrap();
