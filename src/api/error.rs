@@ -24,6 +24,8 @@ pub enum ApiError {
     Validation(String),
     #[error("the Idempotency-Key header must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
+    #[error("send one Idempotency-Key header, not several")]
+    RepeatedIdempotencyKey,
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyConflict,
     #[error("no request with id `{0}`")]
@@ -49,7 +51,9 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_)
+            | ApiError::InvalidIdempotencyKey
+            | ApiError::RepeatedIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -70,7 +74,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Validation(_) => "validation_failed",
-            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::InvalidIdempotencyKey | ApiError::RepeatedIdempotencyKey => {
+                "invalid_idempotency_key"
+            }
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::RequestNotFound(_) => "request_not_found",
             ApiError::RouteNotFound => "route_not_found",

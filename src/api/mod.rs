@@ -6,6 +6,7 @@ mod error;
 mod health;
 mod observe;
 mod requests;
+mod text;
 
 use std::sync::Arc;
 
