@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::dispatch::{
@@ -96,7 +97,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "PROVIDER_URL")]
     pub provider_url: Option<ProviderUrl>,
 
-    /// API key sent to the provider as `X-API-Key`. Never logged.
+    /// API key sent to the provider as `X-API-Key`. Never logged. As a flag it
+    /// shows in `ps`: prefer the variable or --provider-api-key-file.
     #[arg(
         long,
         env = "PROVIDER_API_KEY",
@@ -104,6 +106,16 @@ pub struct GatewayConfig {
         hide_env_values = true
     )]
     pub provider_api_key: Secret,
+
+    /// A file holding the provider API key (surrounding whitespace ignored),
+    /// instead of --provider-api-key.
+    #[arg(
+        long,
+        env = "PROVIDER_API_KEY_FILE",
+        value_parser = read_secret_file,
+        conflicts_with = "provider_api_key"
+    )]
+    pub provider_api_key_file: Option<Secret>,
 
     /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
     #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
@@ -209,6 +221,13 @@ impl GatewayConfig {
         redacted(self.provider_url())
     }
 
+    /// The key sent to the provider: from --provider-api-key-file if given.
+    pub fn provider_api_key(&self) -> &Secret {
+        self.provider_api_key_file
+            .as_ref()
+            .unwrap_or(&self.provider_api_key)
+    }
+
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             cache_capacity_bytes: self.store_cache_mb * 1024 * 1024,
@@ -219,7 +238,7 @@ impl GatewayConfig {
         DispatchSettings {
             provider: ProviderSettings {
                 base_url: self.provider_url().trim_end_matches('/').to_string(),
-                api_key: self.provider_api_key.clone(),
+                api_key: self.provider_api_key().clone(),
                 connect_timeout: Duration::from_millis(self.connect_timeout_ms),
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
@@ -287,6 +306,33 @@ fn redacted(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Reads a secret from the file at `path`: its content, trimmed, on one line.
+fn read_secret_file(path: &str) -> Result<Secret, String> {
+    let content =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    let secret = content.trim();
+    if secret.is_empty() || secret.contains(['\n', '\r']) {
+        return Err(format!("{path} must hold the key alone, on one line"));
+    }
+    Ok(Secret::from(secret))
+}
+
+/// The flags given on the command line that carry a secret (the provider's
+/// key, for the gateway or the simulator): every user of the machine can read
+/// a process's arguments (`ps`), so each deserves a warning.
+pub fn secrets_on_command_line(matches: &clap::ArgMatches) -> Vec<String> {
+    const SECRET_FLAGS: [&str; 2] = ["provider_api_key", "api_key"];
+    let Some((_, command)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    command
+        .ids()
+        .filter(|id| SECRET_FLAGS.contains(&id.as_str()))
+        .filter(|id| command.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.as_str().replace('_', "-")))
+        .collect()
 }
 
 /// A string that prints as `****` in logs and `Debug` output.
@@ -376,6 +422,54 @@ mod tests {
         }
         config.provider_url = Some("http://provider:3001".parse().unwrap());
         assert_eq!(config.provider_url_for_logs(), "http://provider:3001");
+    }
+
+    #[test]
+    fn a_key_file_gives_the_key_and_only_a_key_flag_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("provider.key");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let file = file.to_str().unwrap();
+        let parse = |args: &[&str]| Cli::command().try_get_matches_from(args);
+
+        let matches = parse(&["herald", "serve", "--provider-api-key-file", file]).unwrap();
+        assert!(secrets_on_command_line(&matches).is_empty());
+        let Command::Serve(config) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("serve")
+        };
+        assert_eq!(config.provider_api_key().expose(), "from-the-file");
+        assert_eq!(
+            config.dispatch_settings().provider.api_key.expose(),
+            "from-the-file"
+        );
+
+        let matches = parse(&["herald", "serve", "--provider-api-key", "in-ps"]).unwrap();
+        assert_eq!(secrets_on_command_line(&matches), ["--provider-api-key"]);
+        let matches = parse(&["herald", "provider-sim", "--api-key", "in-ps"]).unwrap();
+        assert_eq!(secrets_on_command_line(&matches), ["--api-key"]);
+        let matches = parse(&["herald", "serve"]).unwrap();
+        assert!(
+            secrets_on_command_line(&matches).is_empty(),
+            "a default is no flag"
+        );
+
+        let both = [
+            "herald",
+            "serve",
+            "--provider-api-key",
+            "k",
+            "--provider-api-key-file",
+            file,
+        ];
+        assert!(parse(&both).is_err(), "one source of the key at a time");
+        let missing = dir.path().join("missing");
+        let missing = [
+            "herald",
+            "serve",
+            "--provider-api-key-file",
+            missing.to_str().unwrap(),
+        ];
+        assert!(parse(&missing).is_err());
     }
 
     #[test]
