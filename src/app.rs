@@ -15,6 +15,7 @@ use crate::config::GatewayConfig;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
 use crate::retention;
+use crate::server::{self, ServerSettings};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,7 @@ pub struct Application {
     /// How long open connections may hold up the shutdown, once accepting stops.
     connections_grace: Duration,
     router: axum::Router,
+    server: ServerSettings,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 }
@@ -94,6 +96,7 @@ impl Application {
             retention: Duration::from_secs(config.retention_secs),
             connections_grace: Duration::from_millis(config.shutdown_grace_ms),
             router: api::router(state),
+            server: config.server_settings(),
             metrics,
             shutdown: CancellationToken::new(),
         })
@@ -121,8 +124,17 @@ impl Application {
         let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
         let sweeper = tokio::spawn(sweeper);
         let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        let answers = server::Answers {
+            refusal: api::connection_refusal(),
+            protocol_error_body: api::protocol_error_body,
+        };
+        let server = server::serve(
+            self.listener,
+            self.router,
+            self.server,
+            answers,
+            self.shutdown.clone(),
+        );
         let served = tokio::select! {
             served = server => served,
             () = past_grace(&self.shutdown, self.connections_grace) => {

@@ -16,6 +16,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use crate::dispatch::{
     BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
 };
+use crate::server::ServerSettings;
 use crate::simulator::SimConfig;
 use crate::store::StoreOptions;
 
@@ -182,6 +183,27 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Time a client has to send a request's headers: from the connection's
+    /// opening, or from the first byte of a later request on it.
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a client has to send a request's body, once its headers are in (then 408).
+    #[arg(long, env = "HERALD_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Time a connection may stay open with no bytes moving, outside a handler
+    /// (between two requests, say).
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Open client connections at most (lowered to fit the open-file limit,
+    /// which Herald raises to its hard limit at start). Past it, the least
+    /// active connection outside a handler is closed to make room; when every
+    /// one is in a handler, the newcomer gets 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 4_096)]
+    pub max_connections: usize,
+
     /// On SIGTERM/SIGINT, how long open client connections and in-flight
     /// provider calls (both at once) may take to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
@@ -231,6 +253,15 @@ impl GatewayConfig {
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             cache_capacity_bytes: self.store_cache_mb * 1024 * 1024,
+        }
+    }
+
+    pub fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
         }
     }
 

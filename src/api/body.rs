@@ -47,7 +47,10 @@ pub fn parse_create(
 ) -> Result<Notification, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
-        _ => ApiError::MalformedJson(rejection.body_text()),
+        _ => match crate::server::body_timeout_in(&rejection) {
+            Some(timeout) => ApiError::BodyTimeout(timeout),
+            None => ApiError::MalformedJson(rejection.body_text()),
+        },
     })?;
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);

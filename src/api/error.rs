@@ -32,6 +32,18 @@ pub enum ApiError {
     RequestNotFound(String),
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("send `Authorization: Bearer <key>` with a key this server knows")]
+    Unauthorized,
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("the request line or a header could not be parsed")]
+    MalformedRequest,
+    #[error("the request URI is too long")]
+    UriTooLong,
+    #[error("the request line and headers are larger than {0} bytes, or more than 100 headers")]
+    HeadersTooLarge(usize),
+    #[error("every connection this server takes is busy; retry shortly")]
+    TooManyConnections,
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
     #[error("the outbox holds {pending} undelivered requests (limit {limit}); retry later")]
@@ -49,7 +61,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_)
             | ApiError::InvalidIdempotencyKey
@@ -59,6 +71,12 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdempotencyConflict => StatusCode::CONFLICT,
             ApiError::RequestNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::OutboxFull { .. } | ApiError::NotReady(_) | ApiError::StorageUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -80,6 +98,12 @@ impl ApiError {
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::RequestNotFound(_) => "request_not_found",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::MalformedRequest => "malformed_request",
+            ApiError::UriTooLong => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::OutboxFull { .. } => "outbox_full",
             ApiError::NotReady(_) => "not_ready",
@@ -105,15 +129,23 @@ pub struct ErrorDetail {
     message: String,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The JSON body this error answers with.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut response = (self.status(), Json(body)).into_response();
+        super::protocol::add_headers(&self, response.headers_mut());
         if let ApiError::OutboxFull {
             retry_after_secs, ..
         } = self

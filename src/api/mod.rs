@@ -5,6 +5,7 @@ mod docs;
 mod error;
 mod health;
 mod observe;
+mod protocol;
 mod requests;
 mod text;
 
@@ -18,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use docs::ApiDoc;
 pub use error::ApiError;
+pub use protocol::{connection_refusal, protocol_error_body};
 
 use crate::dispatch::DispatcherHandle;
 use crate::store::Store;
