@@ -14,6 +14,7 @@ use crate::api::{self, ApiLimits, AppState};
 use crate::config::GatewayConfig;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
+use crate::keys::{self, KeyError, Keys};
 use crate::retention;
 use crate::server::{self, ServerSettings};
 use crate::store::{Store, StoreError};
@@ -40,6 +41,8 @@ pub enum AppError {
     Unhealthy(String),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 /// A gateway that is bound and recovered, ready to run.
@@ -52,6 +55,7 @@ pub struct Application {
     connections_grace: Duration,
     router: axum::Router,
     server: ServerSettings,
+    keys: Arc<Keys>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 }
@@ -72,6 +76,9 @@ impl Application {
             pending = store.pending(),
             "store open"
         );
+        let (client_keys, metrics_key) = (&config.client_keys_file, &config.metrics_key_file);
+        let keys = Arc::new(Keys::load(client_keys.as_deref(), metrics_key.as_deref())?);
+        keys::warn_if_open(&keys, config.listen);
         let (dispatcher, handle) = Dispatcher::new(store.clone(), &config.dispatch_settings())?;
         let state = AppState {
             store: store.clone(),
@@ -81,6 +88,7 @@ impl Application {
                 outbox_limit: config.outbox_limit,
             },
             metrics: metrics.clone(),
+            keys: keys.clone(),
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -97,6 +105,7 @@ impl Application {
             connections_grace: Duration::from_millis(config.shutdown_grace_ms),
             router: api::router(state),
             server: config.server_settings(),
+            keys,
             metrics,
             shutdown: CancellationToken::new(),
         })
@@ -124,6 +133,7 @@ impl Application {
         let sweeper = retention::run(self.store.clone(), self.retention, self.shutdown.clone());
         let sweeper = tokio::spawn(sweeper);
         let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
+        keys::reload_on_sighup(self.keys, self.shutdown.clone());
         let answers = server::Answers {
             refusal: api::connection_refusal(),
             protocol_error_body: api::protocol_error_body,

@@ -118,6 +118,17 @@ pub struct GatewayConfig {
     )]
     pub provider_api_key_file: Option<Secret>,
 
+    /// Client API keys, one `name key` per line (`#` comments; reloaded on
+    /// SIGHUP). When given, every /v1 call needs `Authorization: Bearer KEY`,
+    /// and a client sees only the requests it created. Off by default.
+    #[arg(long, env = "HERALD_CLIENT_KEYS_FILE")]
+    pub client_keys_file: Option<PathBuf>,
+
+    /// A file holding the key `/metrics` then needs (`Authorization: Bearer
+    /// KEY`; reloaded on SIGHUP). Off by default.
+    #[arg(long, env = "HERALD_METRICS_KEY_FILE")]
+    pub metrics_key_file: Option<PathBuf>,
+
     /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
     #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
     pub rate_per_sec: f64,

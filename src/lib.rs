@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod instruments;
+pub mod keys;
 pub mod retention;
 pub mod server;
 pub mod shutdown;

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state and the JSON error contract.
 
+mod auth;
 mod body;
 mod docs;
 mod error;
@@ -22,6 +23,7 @@ pub use error::ApiError;
 pub use protocol::{connection_refusal, protocol_error_body};
 
 use crate::dispatch::DispatcherHandle;
+use crate::keys::Keys;
 use crate::store::Store;
 
 /// Input limits the handlers enforce.
@@ -38,6 +40,7 @@ pub struct AppState {
     pub dispatcher: DispatcherHandle,
     pub limits: ApiLimits,
     pub metrics: PrometheusHandle,
+    pub keys: Arc<Keys>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -58,6 +61,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(body_limit)
         .layer(error::panics_as_internal_errors())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(observe::track_requests))
         .with_state(state)
 }

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::{CreateBody, idempotency_key, parse_create};
 use super::error::{ApiError, ErrorBody};
 use crate::domain::{RequestId, Status};
@@ -150,14 +151,19 @@ pub struct HistoryView {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let notification = parse_create(&headers, body, state.limits.max_body_bytes)?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(&headers)?.map(|key| caller.scoped_key(key));
+    let key = key.as_deref();
     let outcome = match admit(&state, key, &notification)? {
         Some(replayed) => replayed,
-        None => state.store.create(notification, key).await?,
+        None => {
+            let created = state.store.create_for(notification, key, caller.name());
+            created.await?
+        }
     };
     let (id, replayed) = match outcome {
         CreateOutcome::Created(id) => (id, false),
@@ -221,8 +227,10 @@ fn admit(
 )]
 pub async fn process(
     State(state): State<AppState>,
-    IdParam { id, .. }: IdParam,
+    caller: Caller,
+    IdParam { id, raw }: IdParam,
 ) -> Result<(StatusCode, Json<StatusView>), ApiError> {
+    caller.check_owns(&state, id, &raw)?;
     async move {
         let (code, status) = match state.store.request_processing(id).await? {
             ProcessOutcome::Accepted(status) => {
@@ -255,8 +263,10 @@ pub async fn process(
 )]
 pub async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     IdParam { id, raw }: IdParam,
 ) -> Result<Json<RequestView>, ApiError> {
+    caller.check_owns(&state, id, &raw)?;
     let record = state.store.get(id)?.ok_or(ApiError::RequestNotFound(raw))?;
     Ok(Json(record.into()))
 }
@@ -274,8 +284,10 @@ pub async fn status(
 )]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     IdParam { id, raw }: IdParam,
 ) -> Result<Json<HistoryView>, ApiError> {
+    caller.check_owns(&state, id, &raw)?;
     let events = state
         .store
         .events(id)?

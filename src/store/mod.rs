@@ -5,7 +5,9 @@
 //! - `outbox`: [`OutboxKey`] (priority, due time, id) → nothing; work waiting for the dispatcher;
 //! - `leases`: request id → the outbox key it was leased from; work an attempt is running on;
 //! - `events`: (request id, sequence) → [`Event`]; the append-only history;
-//! - `idempotency`: client key → [`IdempotencyRecord`];
+//! - `idempotency`: client key → [`IdempotencyRecord`] (with client keys on,
+//!   the key is prefixed by the client's name: see `src/api/auth.rs`);
+//! - `owners`: request id → the API client that created it ([`owners`]);
 //! - `meta`: the on-disk format version and the per-priority counts of
 //!   undelivered requests ([`pending`]).
 //!
@@ -21,6 +23,7 @@ mod commit;
 mod depth;
 mod format;
 mod keys;
+mod owners;
 mod pending;
 mod records;
 mod retention;
@@ -156,6 +159,7 @@ pub struct Store {
     leases: Tree,
     events: Tree,
     idempotency: Tree,
+    owners: Tree,
     meta: Tree,
     commit: GroupCommit,
     flusher: tokio::task::JoinHandle<FlushStats>,
@@ -196,6 +200,7 @@ impl Store {
             leases,
             events: db.open_tree("events")?,
             idempotency: db.open_tree("idempotency")?,
+            owners: db.open_tree("owners")?,
             meta,
             commit,
             flusher,
@@ -243,6 +248,16 @@ impl Store {
         notification: Notification,
         idempotency_key: Option<&str>,
     ) -> Result<CreateOutcome, StoreError> {
+        self.create_for(notification, idempotency_key, None).await
+    }
+
+    /// [`Store::create`], for the API client `owner` when there is one.
+    pub async fn create_for(
+        &self,
+        notification: Notification,
+        idempotency_key: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<CreateOutcome, StoreError> {
         let now = now_ms();
         let mut id = RequestId::new();
         let mut outcome = CreateOutcome::Created(id);
@@ -252,6 +267,9 @@ impl Store {
                 id = existing;
                 outcome = CreateOutcome::Replayed(existing);
             }
+        }
+        if let Some(owner) = owner {
+            self.bind_owner(id, owner)?;
         }
         // Also on a replay: a crash between the binding and the request leaves
         // the binding alone, and the replay completes it.
