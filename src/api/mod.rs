@@ -6,6 +6,7 @@ mod docs;
 mod error;
 mod health;
 mod observe;
+mod openapi_rules;
 mod protocol;
 mod requests;
 mod text;

@@ -141,10 +141,11 @@ pub struct HistoryView {
     responses(
         (status = 201, description = "Stored durably", body = Created,
             headers(("Location" = String, description = "The request's URL"))),
-        (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or idempotency key (or one sent twice)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body-read timeout", body = ErrorBody),
         (status = 409, description = "Idempotency key reused with another body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 415, description = "A Content-Type other than JSON (none is read as JSON)", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = ErrorBody),
         (status = 503, description = "Outbox full (with Retry-After; a replay is still answered) or storage unavailable", body = ErrorBody),
     )
