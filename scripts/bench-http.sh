@@ -67,32 +67,7 @@ for port in "$NOOP_PORT" "$HERALD_PORT" "$SIM_PORT"; do
 done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP_WORKDIR == 1 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+clean_up_on_exit
 
 log "building release binaries (target dir: $TARGET_DIR)"
 cargo build --release --bins --examples

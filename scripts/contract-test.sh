@@ -47,31 +47,7 @@ python3 -c 'import schemathesis' 2>/dev/null ||
   die "schemathesis is not installed for python3 (pip install schemathesis)"
 command -v curl >/dev/null 2>&1 || die "curl is needed to wait for the servers"
 
-PIDS=()
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP_WORKDIR == 1 || $status != 0 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+clean_up_on_exit
 
 HERALD_BIN="$TARGET_DIR/release/herald"
 if [[ ! -x $HERALD_BIN ]] || [[ -n $(find src Cargo.toml Cargo.lock -newer "$HERALD_BIN" -print -quit) ]]; then

@@ -12,14 +12,19 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Short timeouts, so each test sees its connection closed quickly; each test
-/// lengthens the ones it does not exercise.
-async fn app_with(tweak: impl FnOnce(&mut herald::config::GatewayConfig)) -> TestApp {
+/// A timeout a test waits out, and one it never sees pass.
+const SHORT_MS: u64 = 300;
+const LONG_MS: u64 = 60_000;
+
+/// Timeouts (header read, body read, idle) and the connection cap.
+struct Limits(u64, u64, u64, usize);
+
+async fn app_with(Limits(header, body, idle, cap): Limits) -> TestApp {
     spawn_app_with(fast_provider(), |config| {
-        config.header_read_timeout_ms = 300;
-        config.body_read_timeout_ms = 300;
-        config.idle_timeout_ms = 300;
-        tweak(config);
+        config.header_read_timeout_ms = header;
+        config.body_read_timeout_ms = body;
+        config.idle_timeout_ms = idle;
+        config.max_connections = cap;
     })
     .await
 }
@@ -55,7 +60,7 @@ fn json_body(response: &str) -> Value {
 
 #[tokio::test]
 async fn headers_sent_slowly_are_cut_off_by_the_header_timeout() {
-    let app = app_with(|config| config.idle_timeout_ms = 60_000).await;
+    let app = app_with(Limits(SHORT_MS, LONG_MS, LONG_MS, 64)).await;
     let mut slowloris = connect(&app).await;
     let trickle = async {
         slowloris
@@ -82,11 +87,7 @@ async fn headers_sent_slowly_are_cut_off_by_the_header_timeout() {
 
 #[tokio::test]
 async fn a_body_that_never_ends_gets_408_and_the_connection_is_closed() {
-    let app = app_with(|config| {
-        config.header_read_timeout_ms = 60_000;
-        config.idle_timeout_ms = 60_000;
-    })
-    .await;
+    let app = app_with(Limits(LONG_MS, SHORT_MS, LONG_MS, 64)).await;
     let stream = connect(&app).await;
     let (mut reader, mut writer) = stream.into_split();
     writer
@@ -114,7 +115,7 @@ async fn a_body_that_never_ends_gets_408_and_the_connection_is_closed() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_by_the_idle_timeout() {
-    let app = app_with(|config| config.header_read_timeout_ms = 60_000).await;
+    let app = app_with(Limits(LONG_MS, LONG_MS, SHORT_MS, 64)).await;
     let mut idle = connect(&app).await;
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: herald\r\n\r\n")
         .await
@@ -132,12 +133,7 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_flood_of_idle_connections_past_the_cap_does_not_lock_out_a_client() {
-    let app = app_with(|config| {
-        config.max_connections = 16;
-        config.header_read_timeout_ms = 60_000;
-        config.idle_timeout_ms = 60_000;
-    })
-    .await;
+    let app = app_with(Limits(LONG_MS, LONG_MS, LONG_MS, 16)).await;
     // Four times the cap, each open and silent, as long as the test runs.
     let mut flood = Vec::new();
     for _ in 0..64 {
@@ -156,13 +152,7 @@ async fn a_flood_of_idle_connections_past_the_cap_does_not_lock_out_a_client() {
 
 #[tokio::test]
 async fn past_the_cap_with_every_connection_in_a_handler_a_newcomer_is_refused_at_once() {
-    let app = app_with(|config| {
-        config.max_connections = 4;
-        config.header_read_timeout_ms = 60_000;
-        config.body_read_timeout_ms = 60_000;
-        config.idle_timeout_ms = 60_000;
-    })
-    .await;
+    let app = app_with(Limits(LONG_MS, LONG_MS, LONG_MS, 4)).await;
     // Each holds a handler: its body is promised and never comes.
     let mut busy = Vec::new();
     for _ in 0..4 {
@@ -199,11 +189,7 @@ async fn past_the_cap_with_every_connection_in_a_handler_a_newcomer_is_refused_a
 
 #[tokio::test]
 async fn the_http_layers_own_errors_answer_in_json() {
-    let app = app_with(|config| {
-        config.header_read_timeout_ms = 60_000;
-        config.idle_timeout_ms = 60_000;
-    })
-    .await;
+    let app = app_with(Limits(LONG_MS, LONG_MS, LONG_MS, 64)).await;
     let too_many_headers: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
     let huge_header = format!("x-big: {}\r\n", "a".repeat(herald::server::MAX_HEAD_BYTES));
     let cases = [

@@ -11,6 +11,18 @@ use herald::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// Waits until `id` has had `calls` provider calls, or failed.
+async fn wait_for_calls(app: &common::TestApp, id: &str, calls: usize) {
+    let made = async {
+        while app.attempts_of(id).await.len() < calls && app.status_of(id).await != "failed" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(common::SETTLE_TIMEOUT, made)
+        .await
+        .unwrap_or_else(|_| panic!("{calls} calls not made"));
+}
+
 fn http_statuses(attempts: &[Value]) -> Vec<u64> {
     attempts
         .iter()
@@ -251,14 +263,7 @@ async fn a_wrong_api_key_keeps_the_work_queued_until_it_is_fixed() {
     let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), wrong_key).await;
     let id = app.submit(&email()).await;
     // Twice its attempt budget, all refused: the request is still not failed.
-    let refused_calls = async {
-        while app.attempts_of(&id).await.len() < 4 && app.status_of(&id).await != "failed" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(common::SETTLE_TIMEOUT, refused_calls)
-        .await
-        .expect("four calls made");
+    wait_for_calls(&app, &id, 4).await;
     assert!(
         http_statuses(&app.attempts_of(&id).await)
             .iter()
@@ -308,14 +313,7 @@ async fn a_provider_redirect_is_never_followed_and_the_key_goes_nowhere_else() {
     .await;
     let id = app.submit(&email()).await;
     // Twice its attempt budget, all redirected: the request is still not failed.
-    let redirected_calls = async {
-        while app.attempts_of(&id).await.len() < 4 && app.status_of(&id).await != "failed" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(common::SETTLE_TIMEOUT, redirected_calls)
-        .await
-        .expect("four calls made");
+    wait_for_calls(&app, &id, 4).await;
     let attempts = app.attempts_of(&id).await;
     assert!(
         http_statuses(&attempts).iter().all(|&s| s == 307),
