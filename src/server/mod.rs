@@ -81,11 +81,14 @@ pub async fn serve(
     });
     let mut connections = JoinSet::new();
     let mut last_warning: Option<Instant> = None;
+    let mut memory = MemoryUpkeep::default();
+    let mut upkeep = tokio::time::interval(MEMORY_UPKEEP_EVERY);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = upkeep.tick() => memory.after_count(table.open_count()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match table.admit() {
                     Admission::Open(entry) => {
@@ -134,6 +137,35 @@ fn refuse(stream: TcpStream, refusal: &[u8]) {
     }
 }
 
+/// How often the open connections are counted for [`MemoryUpkeep`].
+const MEMORY_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Connections that must have closed since the peak before freed memory is
+/// handed back: a burst, not the ordinary coming and going of clients.
+const CLOSED_BEFORE_RELEASE: usize = 256;
+
+/// Hands memory back to the kernel once a burst of connections has closed
+/// (see [`crate::allocator::release_free_memory`]).
+#[derive(Default)]
+struct MemoryUpkeep {
+    peak: usize,
+}
+
+impl MemoryUpkeep {
+    fn after_count(&mut self, open: usize) {
+        if self.peak.saturating_sub(open) >= CLOSED_BEFORE_RELEASE {
+            tracing::debug!(
+                peak = self.peak,
+                open,
+                "connections closed: releasing free memory"
+            );
+            tokio::task::spawn_blocking(crate::allocator::release_free_memory);
+            self.peak = open;
+        }
+        self.peak = self.peak.max(open);
+    }
+}
+
 /// `accept` errors that say the process or the system is out of something,
 /// not that one connection failed.
 fn is_resource_exhaustion(error: &std::io::Error) -> bool {
@@ -141,4 +173,25 @@ fn is_resource_exhaustion(error: &std::io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     ) || error.kind() == ErrorKind::OutOfMemory
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_is_released_only_after_a_burst_of_connections_closed() {
+        let mut memory = MemoryUpkeep::default();
+        memory.after_count(1_000);
+        memory.after_count(1_000 - CLOSED_BEFORE_RELEASE + 1);
+        assert_eq!(memory.peak, 1_000, "the ordinary coming and going");
+        memory.after_count(1_000 - CLOSED_BEFORE_RELEASE);
+        assert_eq!(
+            memory.peak,
+            1_000 - CLOSED_BEFORE_RELEASE,
+            "released; counted anew"
+        );
+        memory.after_count(2_000);
+        assert_eq!(memory.peak, 2_000);
+    }
 }
