@@ -231,3 +231,32 @@ async fn the_http_layers_own_errors_answer_in_json() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn near_the_open_file_limit_a_flood_still_leaves_room_for_a_client() {
+    let provider = herald::simulator::Simulator::spawn(fast_provider())
+        .await
+        .unwrap();
+    let data_dir = tempfile::TempDir::new().unwrap();
+    let client = reqwest::Client::new();
+    // 128 descriptors in all, and a cap far above them: the cap comes down to fit.
+    let herald = common::child::HeraldProcess::start_with_open_file_limit(
+        &data_dir,
+        &provider.url(),
+        &["--max-connections", "1000"],
+        128,
+    );
+    herald.wait_ready(&client).await;
+    let address = herald.address.trim_start_matches("http://").to_string();
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(&address).await.expect("connected"));
+    }
+    let served = tokio::time::timeout(SETTLE_TIMEOUT, herald.create(&client)).await;
+    assert!(
+        served.is_ok(),
+        "a normal client is served past the descriptor limit"
+    );
+    drop(flood);
+    assert!(herald.terminate().success());
+}

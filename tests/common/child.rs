@@ -28,8 +28,52 @@ impl HeraldProcess {
         filter: &str,
         stdout: Stdio,
     ) -> Self {
+        Self::spawn(data_dir, provider_url, extra, filter, stdout, |_| {})
+    }
+
+    /// As [`HeraldProcess::start`], with the open-file limit (soft and hard)
+    /// at `limit`: Herald cannot raise it.
+    pub fn start_with_open_file_limit(
+        data_dir: &TempDir,
+        provider_url: &str,
+        extra: &[&str],
+        limit: u64,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let set_limit = move |command: &mut Command| {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            let in_child = move || match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            // SAFETY: the closure calls only setrlimit between fork and exec.
+            unsafe { command.pre_exec(in_child) };
+        };
+        Self::spawn(
+            data_dir,
+            provider_url,
+            extra,
+            "warn",
+            Stdio::null(),
+            set_limit,
+        )
+    }
+
+    fn spawn(
+        data_dir: &TempDir,
+        provider_url: &str,
+        extra: &[&str],
+        filter: &str,
+        stdout: Stdio,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let listen = unused_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
             .args(["serve", "--listen", &listen.to_string()])
             .arg("--data-dir")
             .arg(data_dir.path())
@@ -39,9 +83,9 @@ impl HeraldProcess {
             .args(extra)
             .env("RUST_LOG", filter)
             .stdout(stdout)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("herald starts");
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let child = command.spawn().expect("herald starts");
         Self {
             child,
             address: format!("http://{listen}"),
