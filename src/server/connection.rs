@@ -45,8 +45,7 @@ impl Shared {
         // No hyper timer: the header timeout is the watchdog's (below), which
         // tells a request's headers from the wait between two requests.
         http.max_buf_size(MAX_HEAD_BYTES)
-            .max_header_size(MAX_HEAD_BYTES)
-            .writev(false);
+            .max_header_size(MAX_HEAD_BYTES);
         http
     }
 }
@@ -68,6 +67,9 @@ pub async fn serve(
     };
     let conn = shared.http.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // A token of its own: every connection polling the shared one would
+    // contend for its lock on each wake-up.
+    let shutdown = shutdown.child_token();
     let mut draining = false;
     loop {
         let check = connection.next_check(&shared.timeouts);

@@ -113,6 +113,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         Poll::Ready(Ok(buf.len()))
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // Only an answer no handler gave can need the rewrite: that one (rare)
+        // goes through `poll_write` in one piece; every other write as it is.
+        if self.replacement.is_some() || self.connection.is_reading_headers() {
+            let flat: Vec<u8> = bufs.iter().flat_map(|buf| buf.iter().copied()).collect();
+            return self.poll_write(cx, &flat);
+        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.connection.on_write();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -120,9 +142,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-
-    // Not vectored: hyper then writes a response head in one piece, which is
-    // what the rewrite above reads.
 }
 
 #[cfg(test)]
