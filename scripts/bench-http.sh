@@ -106,26 +106,28 @@ SIM_PID=$!
 PIDS+=("$SIM_PID")
 
 DATA_DIR="$WORK/data"
-log "starting herald serve on 127.0.0.1:$HERALD_PORT (data dir $DATA_DIR)"
 herald_env=(env -u RUST_LOG)
 if [[ -n ${HERALD_RUST_LOG:-} ]]; then
   herald_env=(env "RUST_LOG=$HERALD_RUST_LOG")
 fi
-"${herald_env[@]}" "$HERALD_BIN" serve \
-  --listen "127.0.0.1:$HERALD_PORT" \
-  --data-dir "$DATA_DIR" \
-  --provider-url "http://127.0.0.1:$SIM_PORT" >"$WORK/herald.log" 2>&1 &
-HERALD_PID=$!
-PIDS+=("$HERALD_PID")
 
+# start_serve NAME BINARY PORT DATA_DIR: starts `serve`; sets STARTED_PID.
+start_serve() {
+  local name=$1 bin=$2 port=$3 data=$4
+  log "starting $name ($bin serve) on 127.0.0.1:$port (data dir $data)"
+  "${herald_env[@]}" "$bin" serve \
+    --listen "127.0.0.1:$port" \
+    --data-dir "$data" \
+    --provider-url "http://127.0.0.1:$SIM_PORT" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+start_serve herald "$HERALD_BIN" "$HERALD_PORT" "$DATA_DIR"
+HERALD_PID=$STARTED_PID
 if [[ -n $BASELINE_BIN ]]; then
-  log "starting the baseline $BASELINE_BIN serve on 127.0.0.1:$BASELINE_PORT"
-  "${herald_env[@]}" "$BASELINE_BIN" serve \
-    --listen "127.0.0.1:$BASELINE_PORT" \
-    --data-dir "$WORK/baseline-data" \
-    --provider-url "http://127.0.0.1:$SIM_PORT" >"$WORK/baseline.log" 2>&1 &
-  BASELINE_PID=$!
-  PIDS+=("$BASELINE_PID")
+  start_serve baseline "$BASELINE_BIN" "$BASELINE_PORT" "$WORK/baseline-data"
+  BASELINE_PID=$STARTED_PID
   wait_ready "http://127.0.0.1:$BASELINE_PORT/ready" baseline "$BASELINE_PID"
 fi
 
