@@ -21,7 +21,9 @@
 # IDLE_MAX_CORES (0.15) and IDLE_WAIT_SECS (600): before each measured run, wait
 # until the machine runs less than that much other work, for at most that long.
 # KEEP_WORKDIR (0), CARGO_TARGET_DIR (cargo's default), BENCH_REV (label for
-# the commit when the tree is not a git checkout).
+# the commit when the tree is not a git checkout), BASELINE_BIN (unset: another
+# herald binary, say one built from an older commit, measured in the same run
+# right after Herald, on BASELINE_PORT (5103); the summary gives herald/baseline).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +37,8 @@ EXTRA_CONNS=${EXTRA_CONNS:-"1 8"}
 NOOP_PORT=${NOOP_PORT:-5100}
 HERALD_PORT=${HERALD_PORT:-5101}
 SIM_PORT=${SIM_PORT:-5102}
+BASELINE_PORT=${BASELINE_PORT:-5103}
+BASELINE_BIN=${BASELINE_BIN:-}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LUA="$ROOT/scripts/bench-create.lua"
@@ -67,32 +71,7 @@ for port in "$NOOP_PORT" "$HERALD_PORT" "$SIM_PORT"; do
 done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP_WORKDIR == 1 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+clean_up_on_exit
 
 log "building release binaries (target dir: $TARGET_DIR)"
 cargo build --release --bins --examples
@@ -127,17 +106,30 @@ SIM_PID=$!
 PIDS+=("$SIM_PID")
 
 DATA_DIR="$WORK/data"
-log "starting herald serve on 127.0.0.1:$HERALD_PORT (data dir $DATA_DIR)"
 herald_env=(env -u RUST_LOG)
 if [[ -n ${HERALD_RUST_LOG:-} ]]; then
   herald_env=(env "RUST_LOG=$HERALD_RUST_LOG")
 fi
-"${herald_env[@]}" "$HERALD_BIN" serve \
-  --listen "127.0.0.1:$HERALD_PORT" \
-  --data-dir "$DATA_DIR" \
-  --provider-url "http://127.0.0.1:$SIM_PORT" >"$WORK/herald.log" 2>&1 &
-HERALD_PID=$!
-PIDS+=("$HERALD_PID")
+
+# start_serve NAME BINARY PORT DATA_DIR: starts `serve`; sets STARTED_PID.
+start_serve() {
+  local name=$1 bin=$2 port=$3 data=$4
+  log "starting $name ($bin serve) on 127.0.0.1:$port (data dir $data)"
+  "${herald_env[@]}" "$bin" serve \
+    --listen "127.0.0.1:$port" \
+    --data-dir "$data" \
+    --provider-url "http://127.0.0.1:$SIM_PORT" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+start_serve herald "$HERALD_BIN" "$HERALD_PORT" "$DATA_DIR"
+HERALD_PID=$STARTED_PID
+if [[ -n $BASELINE_BIN ]]; then
+  start_serve baseline "$BASELINE_BIN" "$BASELINE_PORT" "$WORK/baseline-data"
+  BASELINE_PID=$STARTED_PID
+  wait_ready "http://127.0.0.1:$BASELINE_PORT/ready" baseline "$BASELINE_PID"
+fi
 
 wait_noop "http://127.0.0.1:$NOOP_PORT/v1/requests" "$NOOP_PID"
 wait_ready "http://127.0.0.1:$SIM_PORT/health" provider-sim "$SIM_PID"
@@ -266,6 +258,9 @@ run_wrk() {
 
 run_wrk noop-1 "$NOOP_PID" "http://127.0.0.1:$NOOP_PORT/v1/requests" "$CONNS"
 run_wrk herald "$HERALD_PID" "http://127.0.0.1:$HERALD_PORT/v1/requests" "$CONNS"
+if [[ -n $BASELINE_BIN ]]; then
+  run_wrk baseline "$BASELINE_PID" "http://127.0.0.1:$BASELINE_PORT/v1/requests" "$CONNS"
+fi
 run_wrk noop-2 "$NOOP_PID" "http://127.0.0.1:$NOOP_PORT/v1/requests" "$CONNS"
 for c in $EXTRA_CONNS; do
   run_wrk "herald-c$c" "$HERALD_PID" "http://127.0.0.1:$HERALD_PORT/v1/requests" "$c"
@@ -318,7 +313,10 @@ awk -F'\t' -v target_ratio="$TARGET_RATIO" -v target_p99="$TARGET_P99_MS" -v con
   $1 == "noop-1" { n1 = $3 }
   $1 == "noop-2" { n2 = $3 }
   $1 == "herald" { h = $3; p99 = $6 }
+  $1 == "baseline" { b = $3; bp99 = $6 }
   END {
+    if (b > 0)
+      printf "ratio herald/baseline at -c%d: %.3f throughput, %.3f p99\n", conns, h / b, p99 / bp99
     noop = (n1 + n2) / 2
     ratio = h / noop
     printf "ratio herald/noop at -c%d: %.3f (vs noop-1 %.3f, vs noop-2 %.3f)\n", conns, ratio, h / n1, h / n2

@@ -14,7 +14,9 @@ use crate::api::{self, ApiLimits, AppState};
 use crate::config::GatewayConfig;
 use crate::dispatch::{DispatchError, Dispatcher, Pacer};
 use crate::instruments;
+use crate::keys::{self, KeyError, Keys};
 use crate::retention;
+use crate::server::{self, ServerSettings};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Backend, Records, StoreError};
 
@@ -44,6 +46,8 @@ pub enum AppError {
     },
     #[error("{0} requests could not be read and were not exported")]
     PartialExport(u64),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 /// A gateway that is bound and recovered, ready to run.
@@ -55,6 +59,8 @@ pub struct Application {
     /// How long open connections may hold up the shutdown, once accepting stops.
     connections_grace: Duration,
     router: axum::Router,
+    server: ServerSettings,
+    keys: Arc<Keys>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 }
@@ -66,6 +72,9 @@ impl Application {
         // Installed first, so the store's recovery at open is counted.
         let metrics = instruments::install()?;
         let backend = open_backend(config)?;
+        let (client_keys, metrics_key) = (&config.client_keys_file, &config.metrics_key_file);
+        let keys = Arc::new(Keys::load(client_keys.as_deref(), metrics_key.as_deref())?);
+        keys::warn_if_open(&keys, config.listen);
         let (dispatcher, handle) = Dispatcher::new(&backend, &config.dispatch_settings())?;
         let state = AppState {
             records: backend.records.clone(),
@@ -75,6 +84,7 @@ impl Application {
                 outbox_limit: config.outbox_limit,
             },
             metrics: metrics.clone(),
+            keys: keys.clone(),
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -90,6 +100,8 @@ impl Application {
             retention: Duration::from_secs(config.retention_secs),
             connections_grace: Duration::from_millis(config.shutdown_grace_ms),
             router: api::router(state),
+            server: config.server_settings(),
+            keys,
             metrics,
             shutdown: CancellationToken::new(),
         })
@@ -124,8 +136,18 @@ impl Application {
         let token = self.shutdown.clone();
         let keeper = tokio::spawn(async move { records.maintain(token).await });
         let upkeep = tokio::spawn(instruments::run_upkeep(self.metrics, self.shutdown.clone()));
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        keys::reload_on_sighup(self.keys, self.shutdown.clone());
+        let answers = server::Answers {
+            refusal: api::connection_refusal(),
+            protocol_error_body: api::protocol_error_body,
+        };
+        let server = server::serve(
+            self.listener,
+            self.router,
+            self.server,
+            answers,
+            self.shutdown.clone(),
+        );
         let served = tokio::select! {
             served = server => served,
             () = past_grace(&self.shutdown, self.connections_grace) => {

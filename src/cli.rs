@@ -132,7 +132,7 @@ async fn dev(
 /// the gateway sends, however that key was set.
 fn beside(gateway: &GatewayConfig, sim: SimConfig) -> SimConfig {
     SimConfig {
-        api_key: gateway.provider_api_key.clone(),
+        api_key: gateway.provider_api_key().clone(),
         ..sim
     }
 }

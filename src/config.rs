@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::dispatch::{
     BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
 };
 use crate::secret::Secret;
+use crate::server::ServerSettings;
 use crate::simulator::SimConfig;
 use crate::store::InstanceId;
 use crate::store::embedded::StoreOptions;
@@ -124,7 +126,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "PROVIDER_URL")]
     pub provider_url: Option<ProviderUrl>,
 
-    /// API key sent to the provider as `X-API-Key`. Never logged.
+    /// API key sent to the provider as `X-API-Key`. Never logged. As a flag it
+    /// shows in `ps`: prefer the variable or --provider-api-key-file.
     #[arg(
         long,
         env = "PROVIDER_API_KEY",
@@ -132,6 +135,27 @@ pub struct GatewayConfig {
         hide_env_values = true
     )]
     pub provider_api_key: Secret,
+
+    /// A file holding the provider API key (surrounding whitespace ignored),
+    /// instead of --provider-api-key.
+    #[arg(
+        long,
+        env = "PROVIDER_API_KEY_FILE",
+        value_parser = read_secret_file,
+        conflicts_with = "provider_api_key"
+    )]
+    pub provider_api_key_file: Option<Secret>,
+
+    /// Client API keys, one `name key` per line (`#` comments; reloaded on
+    /// SIGHUP). When given, every /v1 call needs `Authorization: Bearer KEY`,
+    /// and a client sees only the requests it created. Off by default.
+    #[arg(long, env = "HERALD_CLIENT_KEYS_FILE")]
+    pub client_keys_file: Option<PathBuf>,
+
+    /// A file holding the key `/metrics` then needs (`Authorization: Bearer
+    /// KEY`; reloaded on SIGHUP). Off by default.
+    #[arg(long, env = "HERALD_METRICS_KEY_FILE")]
+    pub metrics_key_file: Option<PathBuf>,
 
     /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
     #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
@@ -198,6 +222,27 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Time a client has to send a request's headers: from the connection's
+    /// opening, or from the first byte of a later request on it.
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a client has to send a request's body, once its headers are in (then 408).
+    #[arg(long, env = "HERALD_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Time a connection may stay open with no bytes moving, outside a handler
+    /// (between two requests, say).
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Open client connections at most (lowered to fit the open-file limit,
+    /// which Herald raises to its hard limit at start). Past it, the least
+    /// active connection outside a handler is closed to make room; when every
+    /// one is in a handler, the newcomer gets 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 4_096)]
+    pub max_connections: usize,
+
     /// On SIGTERM/SIGINT, how long open client connections and in-flight
     /// provider calls (both at once) may take to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
@@ -256,6 +301,13 @@ impl GatewayConfig {
         redacted(self.provider_url())
     }
 
+    /// The key sent to the provider: from --provider-api-key-file if given.
+    pub fn provider_api_key(&self) -> &Secret {
+        self.provider_api_key_file
+            .as_ref()
+            .unwrap_or(&self.provider_api_key)
+    }
+
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             cache_capacity_bytes: self.store_cache_mb * 1024 * 1024,
@@ -266,11 +318,20 @@ impl GatewayConfig {
         }
     }
 
+    pub fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
+
     pub fn dispatch_settings(&self) -> DispatchSettings {
         DispatchSettings {
             provider: ProviderSettings {
                 base_url: self.provider_url().trim_end_matches('/').to_string(),
-                api_key: self.provider_api_key.clone(),
+                api_key: self.provider_api_key().clone(),
                 connect_timeout: Duration::from_millis(self.connect_timeout_ms),
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
@@ -352,6 +413,33 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// Reads a secret from the file at `path`: its content, trimmed, on one line.
+fn read_secret_file(path: &str) -> Result<Secret, String> {
+    let content =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    let secret = content.trim();
+    if secret.is_empty() || secret.contains(['\n', '\r']) {
+        return Err(format!("{path} must hold the key alone, on one line"));
+    }
+    Ok(Secret::from(secret))
+}
+
+/// The flags given on the command line that carry a secret (the provider's
+/// key, for the gateway or the simulator): every user of the machine can read
+/// a process's arguments (`ps`), so each deserves a warning.
+pub fn secrets_on_command_line(matches: &clap::ArgMatches) -> Vec<String> {
+    const SECRET_FLAGS: [&str; 2] = ["provider_api_key", "api_key"];
+    let Some((_, command)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    command
+        .ids()
+        .filter(|id| SECRET_FLAGS.contains(&id.as_str()))
+        .filter(|id| command.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.as_str().replace('_', "-")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +506,54 @@ mod tests {
         for profile in [Profile::Slow, Profile::Chaos] {
             assert!(profile.config().stall_ms > herald_timeout_ms, "{profile}");
         }
+    }
+
+    #[test]
+    fn a_key_file_gives_the_key_and_only_a_key_flag_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("provider.key");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let file = file.to_str().unwrap();
+        let parse = |args: &[&str]| Cli::command().try_get_matches_from(args);
+
+        let matches = parse(&["herald", "serve", "--provider-api-key-file", file]).unwrap();
+        assert!(secrets_on_command_line(&matches).is_empty());
+        let Command::Serve(config) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("serve")
+        };
+        assert_eq!(config.provider_api_key().expose(), "from-the-file");
+        assert_eq!(
+            config.dispatch_settings().provider.api_key.expose(),
+            "from-the-file"
+        );
+
+        let matches = parse(&["herald", "serve", "--provider-api-key", "in-ps"]).unwrap();
+        assert_eq!(secrets_on_command_line(&matches), ["--provider-api-key"]);
+        let matches = parse(&["herald", "provider-sim", "--api-key", "in-ps"]).unwrap();
+        assert_eq!(secrets_on_command_line(&matches), ["--api-key"]);
+        let matches = parse(&["herald", "serve"]).unwrap();
+        assert!(
+            secrets_on_command_line(&matches).is_empty(),
+            "a default is no flag"
+        );
+
+        let both = [
+            "herald",
+            "serve",
+            "--provider-api-key",
+            "k",
+            "--provider-api-key-file",
+            file,
+        ];
+        assert!(parse(&both).is_err(), "one source of the key at a time");
+        let missing = dir.path().join("missing");
+        let missing = [
+            "herald",
+            "serve",
+            "--provider-api-key-file",
+            missing.to_str().unwrap(),
+        ];
+        assert!(parse(&missing).is_err());
     }
 
     #[test]

@@ -62,10 +62,35 @@ pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
-pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
-    let labels = [("method", method.to_string()), ("route", route.to_string())];
-    counter!("herald_http_requests_total", "method" => method.to_string(), "route" => route.to_string(), "status" => status.to_string()).increment(1);
+/// `method` is a label value as [`method_label`] gives it, `route` a matched
+/// route template or `unmatched`: a client picks neither freely, so the series
+/// stay bounded.
+pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
+    let route = route.to_string();
+    let labels = [("method", method.to_string()), ("route", route.clone())];
+    counter!("herald_http_requests_total", "method" => method, "route" => route, "status" => status.to_string()).increment(1);
     histogram!("herald_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+/// The `method` label: one of HTTP's nine standard methods, or `other` for any
+/// name a client invents (each would otherwise become a series, kept for ever).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::TRACE, "TRACE"),
+        (Method::PATCH, "PATCH"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
 }
 
 pub fn request_created() {
@@ -126,6 +151,16 @@ pub fn data_loss_accepted(missing: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_standard_methods_are_labelled_by_name() {
+        assert_eq!(method_label(&axum::http::Method::POST), "POST");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
+        for invented in ["FOO", "get", "X".repeat(2_000).as_str()] {
+            let method = axum::http::Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented:.20}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn upkeep_runs_until_shutdown_and_then_returns() {

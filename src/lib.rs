@@ -3,7 +3,8 @@
 //! Requests are stored in an embedded sled outbox ([`store`]) before the API
 //! ([`api`]) acknowledges them; the dispatcher ([`dispatch`]) delivers them to
 //! the provider under a rate limit with retries; [`retention`] deletes what
-//! was delivered long ago. [`app`] wires the pieces
+//! was delivered long ago; [`server`] holds client connections to their
+//! limits. [`app`] wires the pieces
 //! together and owns the shutdown path; [`simulator`] is a local stand-in for
 //! the provider.
 
@@ -15,8 +16,10 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod instruments;
+pub mod keys;
 pub mod retention;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
 pub mod simulator;
 pub mod store;

@@ -401,3 +401,73 @@ async fn a_full_outbox_still_answers_an_idempotent_replay() {
     assert_eq!(app.records.request_count().await.unwrap(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn format_characters_in_to_and_a_repeated_idempotency_key_are_refused() {
+    let app = spawn_app().await;
+    for to in [
+        "user\u{202E}moc.elpmaxe@evil.com",
+        "us\u{200B}er@example.com",
+        "\u{FEFF}+15550100",
+    ] {
+        let body = json!({"to": to, "message": "hi", "type": "email"});
+        let response = app.create(&body).await;
+        assert_eq!(response.status(), 422, "{to:?}");
+        assert_eq!(
+            error_code(&response.json().await.unwrap()),
+            "validation_failed"
+        );
+    }
+    let repeated = app
+        .client
+        .post(format!("{}/v1/requests", app.address))
+        .header("idempotency-key", "order-1")
+        .header("idempotency-key", "order-2")
+        .json(&email())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(repeated.status(), 400);
+    let body: Value = repeated.json().await.unwrap();
+    assert_eq!(error_code(&body), "invalid_idempotency_key");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("one Idempotency-Key")
+    );
+    assert_eq!(
+        app.records.request_count().await.unwrap(),
+        0,
+        "nothing invalid is stored"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_without_content_type_is_read_as_json() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(format!("{}/v1/requests", app.address))
+        .body(email().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "no Content-Type: JSON");
+    let not_json = app
+        .client
+        .post(format!("{}/v1/requests", app.address))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(email().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        not_json.status(),
+        415,
+        "an explicit other type is still refused"
+    );
+    assert_eq!(app.records.request_count().await.unwrap(), 1);
+    app.stop().await;
+}

@@ -11,6 +11,18 @@ use herald::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// Waits until `id` has had `calls` provider calls, or failed.
+async fn wait_for_calls(app: &common::TestApp, id: &str, calls: usize) {
+    let made = async {
+        while app.attempts_of(id).await.len() < calls && app.status_of(id).await != "failed" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(common::SETTLE_TIMEOUT, made)
+        .await
+        .unwrap_or_else(|_| panic!("{calls} calls not made"));
+}
+
 fn http_statuses(attempts: &[Value]) -> Vec<u64> {
     attempts
         .iter()
@@ -263,14 +275,7 @@ async fn a_wrong_api_key_keeps_the_work_queued_until_it_is_fixed() {
     let app = spawn_gateway(&provider.url(), TempDir::new().unwrap(), wrong_key).await;
     let id = app.submit(&email()).await;
     // Twice its attempt budget, all refused: the request is still not failed.
-    let refused_calls = async {
-        while app.attempts_of(&id).await.len() < 4 && app.status_of(&id).await != "failed" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(common::SETTLE_TIMEOUT, refused_calls)
-        .await
-        .expect("four calls made");
+    wait_for_calls(&app, &id, 4).await;
     assert!(
         http_statuses(&app.attempts_of(&id).await)
             .iter()
@@ -283,5 +288,58 @@ async fn a_wrong_api_key_keeps_the_work_queued_until_it_is_fixed() {
     let app = spawn_gateway(&provider.url(), data_dir, |_| {}).await;
     assert_eq!(app.wait_until_final(&id).await, "sent");
     assert_eq!(provider.simulator.deliveries_of(&id), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_redirect_is_never_followed_and_the_key_goes_nowhere_else() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // Another host, as far as Herald can tell: a second loopback address.
+    let capture = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let location = format!("http://{}/v1/notify", capture.local_addr().unwrap());
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = capture.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let redirecting = axum::Router::new().route(
+        "/v1/notify",
+        axum::routing::post(move || async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }),
+    );
+    let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider_url = format!("http://{}", provider.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(provider, redirecting).await });
+
+    let app = spawn_gateway(&provider_url, TempDir::new().unwrap(), |config| {
+        config.max_attempts = 2;
+    })
+    .await;
+    let id = app.submit(&email()).await;
+    // Twice its attempt budget, all redirected: the request is still not failed.
+    wait_for_calls(&app, &id, 4).await;
+    let attempts = app.attempts_of(&id).await;
+    assert!(
+        http_statuses(&attempts).iter().all(|&s| s == 307),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts.iter().all(|a| a["attempt"] == 1),
+        "no attempt spent: {attempts:?}"
+    );
+    assert_ne!(app.status_of(&id).await, "failed");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "nothing reached the redirect's target"
+    );
     app.stop().await;
 }

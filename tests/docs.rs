@@ -133,3 +133,72 @@ async fn the_docs_page_loads_only_assets_herald_serves() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn openapi_json_states_the_rules_the_server_enforces() {
+    let app = spawn_app().await;
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let properties = &document["components"]["schemas"]["NewRequest"]["properties"];
+    for (field, max) in [("to", 512), ("message", 10_000)] {
+        assert_eq!(properties[field]["minLength"], 1, "{field}");
+        assert_eq!(properties[field]["maxLength"], max, "{field}");
+        let pattern = properties[field]["pattern"].as_str().unwrap();
+        assert!(
+            pattern.starts_with("[^\\u0009"),
+            "{field}: not all whitespace: {pattern}"
+        );
+    }
+    let invisible = properties["to"]["not"]["pattern"].as_str().unwrap();
+    for (what, escaped) in [
+        ("control", "\\u0000-\\u001F"),
+        ("bidi override", "\\u202A-\\u202E"),
+        ("zero-width", "\\u200B-\\u200F"),
+    ] {
+        assert!(
+            invisible.contains(escaped),
+            "`to` refuses {what}: {invisible}"
+        );
+    }
+    let parameters = document["paths"]["/v1/requests"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    let key = parameters
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap();
+    assert_eq!(key["schema"]["maxLength"], 255);
+    assert_eq!(
+        key["schema"]["not"]["pattern"], "[^!-~]",
+        "visible ASCII only"
+    );
+    assert!(
+        document["components"]["securitySchemes"].is_null(),
+        "no keys, no security"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_client_keys_the_document_declares_them() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let clients = dir.path().join("clients");
+    std::fs::write(&clients, "billing billing-key-0123456789\n").unwrap();
+    let app = common::spawn_app_with(common::fast_provider(), |config| {
+        config.client_keys_file = Some(clients);
+    })
+    .await;
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(
+        document["components"]["securitySchemes"]["client_key"]["scheme"],
+        "bearer"
+    );
+    let create = &document["paths"]["/v1/requests"]["post"];
+    assert_eq!(create["security"][0]["client_key"], serde_json::json!([]));
+    assert!(create["responses"]["401"].is_object());
+    assert!(document["paths"]["/health"]["get"]["security"].is_null());
+    assert!(
+        document["paths"]["/metrics"]["get"]["security"].is_null(),
+        "no metrics key"
+    );
+    app.stop().await;
+}

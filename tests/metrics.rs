@@ -3,8 +3,14 @@
 
 mod common;
 
-use common::{email, fast_provider, spawn_app_with};
+use std::collections::BTreeSet;
+
+use common::{email, fast_provider, spawn_app, spawn_app_with};
 use herald::simulator::SimConfig;
+
+/// The tests of this file share the process's one recorder: each holds this
+/// while it reads `/metrics`, so one test's requests do not show in the other's.
+static RECORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Metric names from the table in docs/metrics.md (first column, in backticks).
 fn documented_metrics() -> Vec<String> {
@@ -28,6 +34,7 @@ fn sample(exposition: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn every_documented_metric_is_exported_and_counts_what_happened() {
+    let _recorder = RECORDER.lock().await;
     // The first call of each request fails once, so retries show up too.
     let provider = SimConfig {
         fail_first: 1,
@@ -102,5 +109,65 @@ async fn every_documented_metric_is_exported_and_counts_what_happened() {
         !exposition.contains(&id),
         "request ids never become label values"
     );
+    app.stop().await;
+}
+
+/// Every series of an exposition: its name and labels, without the value.
+fn series(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' ').map(|(series, _)| series.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn invented_methods_and_paths_add_no_series() {
+    let _recorder = RECORDER.lock().await;
+    let app = spawn_app().await;
+    let invent = |i: usize| reqwest::Method::from_bytes(format!("X{i:0>200}").as_bytes()).unwrap();
+    let send = |method: reqwest::Method, path: String| {
+        app.client
+            .request(method, format!("{}{path}", app.address))
+            .send()
+    };
+    // Once, so that every series the loop below can touch exists already.
+    assert_eq!(
+        send(invent(0), "/v1/requests".into())
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    assert_eq!(
+        send(reqwest::Method::GET, "/nowhere-0".into())
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    app.get("/metrics").await; // the scrape's own series, too
+    let before = app.get("/metrics").await.text().await.unwrap();
+
+    for i in 1..=1_000 {
+        let answer = send(invent(i), "/v1/requests".into()).await.unwrap();
+        assert_eq!(answer.status(), 405);
+        let answer = send(reqwest::Method::GET, format!("/nowhere-{i}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    let after = app.get("/metrics").await.text().await.unwrap();
+
+    assert_eq!(series(&before), series(&after), "no series was added");
+    assert!(
+        after.len().abs_diff(before.len()) < 1_024,
+        "only counter values changed: {} bytes, then {}",
+        before.len(),
+        after.len()
+    );
+    assert!(after.contains("method=\"other\""));
+    assert!(after.contains("route=\"unmatched\""));
+    assert!(!after.contains("X000") && !after.contains("nowhere"));
     app.stop().await;
 }

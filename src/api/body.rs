@@ -9,13 +9,15 @@ use serde_json::error::Category;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::text;
 use crate::domain::{Channel, Notification, Priority};
 
 /// Longest accepted `to`, in characters (an e-mail address, a phone number or a device token).
 pub const MAX_TO_CHARS: usize = 512;
 /// Longest accepted `message`, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 10_000;
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 // Every field is optional here so that a missing one gets its own message;
 // the schema attributes describe what a valid body must hold.
@@ -45,7 +47,10 @@ pub fn parse_create(
 ) -> Result<Notification, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
-        _ => ApiError::MalformedJson(rejection.body_text()),
+        _ => match crate::server::body_timeout_in(&rejection) {
+            Some(timeout) => ApiError::BodyTimeout(timeout),
+            None => ApiError::MalformedJson(rejection.body_text()),
+        },
     })?;
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);
@@ -69,11 +74,13 @@ fn not_an_object(body: &[u8]) -> ApiError {
     }
 }
 
+/// JSON, or no `Content-Type` at all: clients written against other
+/// solutions of the challenge send none, and mean JSON.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(content_type) = content_type.to_str() else {
         return false;
     };
     let mime = content_type
@@ -109,7 +116,7 @@ fn validate(body: CreateBody) -> Result<Notification, ApiError> {
 
 fn text_field(name: &str, value: Option<String>, max_chars: usize) -> Result<String, ApiError> {
     let value = value.ok_or_else(|| ApiError::Validation(format!("`{name}` is required")))?;
-    if value.trim().is_empty() {
+    if text::is_blank(&value) {
         return Err(ApiError::Validation(format!("`{name}` must not be empty")));
     }
     if value.chars().count() > max_chars {
@@ -117,10 +124,12 @@ fn text_field(name: &str, value: Option<String>, max_chars: usize) -> Result<Str
             "`{name}` is longer than {max_chars} characters"
         )));
     }
-    // `to` is an address: control characters there are never legitimate.
-    if name == "to" && value.chars().any(char::is_control) {
+    // `to` is an address: control characters there are never legitimate, and
+    // format characters (a bidi override, a zero-width space) make it display
+    // as another address.
+    if name == "to" && text::has_invisible(&value) {
         return Err(ApiError::Validation(
-            "`to` must not contain control characters".into(),
+            "`to` must not contain control or format characters (such as bidi overrides or zero-width spaces)".into(),
         ));
     }
     Ok(value)
@@ -128,9 +137,14 @@ fn text_field(name: &str, value: Option<String>, max_chars: usize) -> Result<Str
 
 /// The optional `Idempotency-Key` header, checked.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    // Which one would count is anyone's guess: refuse both.
+    if values.next().is_some() {
+        return Err(ApiError::RepeatedIdempotencyKey);
+    }
     let key = value
         .to_str()
         .map_err(|_| ApiError::InvalidIdempotencyKey)?;
@@ -187,7 +201,15 @@ mod tests {
             ),
             (
                 r#"{"to":"x\n","message":"hi","type":"sms"}"#,
-                "control characters",
+                "control or format characters",
+            ),
+            (
+                r#"{"to":"a\u202emoc.b@c","message":"hi","type":"sms"}"#,
+                "control or format characters",
+            ),
+            (
+                r#"{"to":"a\u200b@b.c","message":"hi","type":"sms"}"#,
+                "control or format characters",
             ),
             (r#"{"to":5,"message":"hi","type":"sms"}"#, "invalid type"),
         ];
@@ -218,12 +240,20 @@ mod tests {
             parse(r#"{"to":"#),
             Err(ApiError::MalformedJson(_))
         ));
-        let plain = HeaderMap::new();
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let body = Ok(Bytes::from_static(b"{}"));
         assert!(matches!(
             parse_create(&plain, body, 1024),
             Err(ApiError::UnsupportedMediaType)
         ));
+    }
+
+    #[test]
+    fn a_body_without_a_content_type_is_read_as_json() {
+        let body = r#"{"to":"a@b.c","message":"hi","type":"push"}"#;
+        let parsed = parse_create(&HeaderMap::new(), Ok(Bytes::from(body)), 1024).unwrap();
+        assert_eq!(parsed.channel, Channel::Push);
     }
 
     #[test]
@@ -234,5 +264,11 @@ mod tests {
         assert_eq!(idempotency_key(&headers).unwrap(), Some("order-42"));
         headers.insert("idempotency-key", HeaderValue::from_static("has space"));
         assert!(idempotency_key(&headers).is_err());
+        headers.insert("idempotency-key", HeaderValue::from_static("order-42"));
+        headers.append("idempotency-key", HeaderValue::from_static("order-42"));
+        assert!(matches!(
+            idempotency_key(&headers),
+            Err(ApiError::RepeatedIdempotencyKey)
+        ));
     }
 }

@@ -4,11 +4,14 @@
 //! (`assets/swagger-ui/`), so it works with no internet access.
 
 use axum::Json;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
+use serde_json::Value;
 use utoipa::OpenApi;
 
-use super::{error, health, observe, requests};
+use super::{AppState, error, health, observe, requests};
+use crate::keys::Keys;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,9 +57,18 @@ const DOCS_PAGE: &str = r##"<!doctype html>
 </html>
 "##;
 
-/// `GET /openapi.json`.
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json`: the document [`document`] gives for this server's keys.
+pub async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+    Json(document(&state.keys))
+}
+
+/// The OpenAPI document as served: the one generated from the annotations,
+/// with what they cannot state added (see [`super::openapi_rules`]).
+pub fn document(keys: &Keys) -> Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    super::openapi_rules::state_text_rules(&mut document);
+    super::openapi_rules::state_security(&mut document, keys);
+    document
 }
 
 /// `GET /docs`.

@@ -28,12 +28,26 @@ pub enum ApiError {
     Validation(String),
     #[error("the Idempotency-Key header must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
+    #[error("send one Idempotency-Key header, not several")]
+    RepeatedIdempotencyKey,
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyConflict,
     #[error("no request with id `{0}`")]
     RequestNotFound(String),
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("send `Authorization: Bearer <key>` with a key this server knows")]
+    Unauthorized,
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("the request line or a header could not be parsed")]
+    MalformedRequest,
+    #[error("the request URI is too long")]
+    UriTooLong,
+    #[error("the request line and headers are larger than {0} bytes, or more than 100 headers")]
+    HeadersTooLarge(usize),
+    #[error("every connection this server takes is busy; retry shortly")]
+    TooManyConnections,
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
     #[error("the outbox holds {pending} undelivered requests (limit {limit}); retry later")]
@@ -55,14 +69,22 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_)
+            | ApiError::InvalidIdempotencyKey
+            | ApiError::RepeatedIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdempotencyConflict => StatusCode::CONFLICT,
             ApiError::RequestNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::OutboxFull { .. }
             | ApiError::NotReady { .. }
@@ -92,10 +114,18 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Validation(_) => "validation_failed",
-            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::InvalidIdempotencyKey | ApiError::RepeatedIdempotencyKey => {
+                "invalid_idempotency_key"
+            }
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::RequestNotFound(_) => "request_not_found",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::MalformedRequest => "malformed_request",
+            ApiError::UriTooLong => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::OutboxFull { .. } => "outbox_full",
             ApiError::NotReady { .. } => "not_ready",
@@ -125,20 +155,28 @@ pub struct ErrorDetail {
     component: Option<&'static str>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let component = match &self {
+impl ApiError {
+    /// The JSON body this error answers with.
+    pub fn body(&self) -> ErrorBody {
+        let component = match self {
             ApiError::NotReady { component, .. } => Some(*component),
             _ => None,
         };
-        let body = ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
                 component,
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut response = (self.status(), Json(body)).into_response();
+        super::protocol::add_headers(&self, response.headers_mut());
         if let Some(seconds) = self.retry_after_secs() {
             response
                 .headers_mut()

@@ -1,11 +1,15 @@
 //! The HTTP API: routes, shared state and the JSON error contract.
 
+mod auth;
 mod body;
 mod docs;
 mod error;
 mod health;
 mod observe;
+mod openapi_rules;
+mod protocol;
 mod requests;
+mod text;
 
 use std::sync::Arc;
 
@@ -17,8 +21,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use docs::ApiDoc;
 pub use error::ApiError;
+pub use protocol::{connection_refusal, protocol_error_body};
 
 use crate::dispatch::DispatcherHandle;
+use crate::keys::Keys;
 use crate::store::Records;
 
 /// Input limits the handlers enforce.
@@ -35,6 +41,7 @@ pub struct AppState {
     pub dispatcher: DispatcherHandle,
     pub limits: ApiLimits,
     pub metrics: PrometheusHandle,
+    pub keys: Arc<Keys>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(body_limit)
         .layer(error::panics_as_internal_errors())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(observe::track_requests))
         .with_state(state)
 }

@@ -11,18 +11,18 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use crate::instruments;
 
-/// Counts and times every request by its route template, so ids do not
-/// explode the label space.
+/// Counts and times every request by its route template (or `unmatched`) and
+/// its method (or `other`), so neither ids nor invented methods grow the label space.
 pub async fn track_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let method = request.method().clone();
+    let method = instruments::method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     instruments::http_request(
-        method.as_str(),
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed(),

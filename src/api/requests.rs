@@ -12,6 +12,7 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::{CreateBody, idempotency_key, parse_create};
 use super::error::{ApiError, ErrorBody};
 use crate::domain::{RequestId, Status};
@@ -140,24 +141,30 @@ pub struct HistoryView {
     responses(
         (status = 201, description = "Stored durably", body = Created,
             headers(("Location" = String, description = "The request's URL"))),
-        (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or idempotency key (or one sent twice)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body-read timeout", body = ErrorBody),
         (status = 409, description = "Idempotency key reused with another body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 415, description = "A Content-Type other than JSON (none is read as JSON)", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = ErrorBody),
         (status = 503, description = "Outbox full (with Retry-After; a replay is still answered) or storage unavailable", body = ErrorBody),
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let notification = parse_create(&headers, body, state.limits.max_body_bytes)?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(&headers)?.map(|key| caller.scoped_key(key));
+    let key = key.as_deref();
     let outcome = match admit(&state, key, &notification).await? {
         Some(replayed) => replayed,
-        None => state.records.create(notification, key).await?,
+        None => {
+            let created = state.records.create(notification, key, caller.name());
+            created.await?
+        }
     };
     let (id, replayed) = match outcome {
         CreateOutcome::Created(id) => (id, false),
@@ -221,8 +228,10 @@ async fn admit(
 )]
 pub async fn process(
     State(state): State<AppState>,
-    IdParam { id, .. }: IdParam,
+    caller: Caller,
+    IdParam { id, raw }: IdParam,
 ) -> Result<(StatusCode, Json<StatusView>), ApiError> {
+    caller.check_owns(&state, id, &raw).await?;
     async move {
         let (code, status) = match state.records.request_processing(id).await? {
             ProcessOutcome::Accepted(status) => {
@@ -254,8 +263,10 @@ pub async fn process(
 )]
 pub async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     IdParam { id, raw }: IdParam,
 ) -> Result<Json<RequestView>, ApiError> {
+    caller.check_owns(&state, id, &raw).await?;
     let record = state
         .records
         .get(id)
@@ -277,8 +288,10 @@ pub async fn status(
 )]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     IdParam { id, raw }: IdParam,
 ) -> Result<Json<HistoryView>, ApiError> {
+    caller.check_owns(&state, id, &raw).await?;
     let events = state
         .records
         .events(id)

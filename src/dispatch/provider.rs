@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Notification, RequestId};
@@ -31,8 +31,8 @@ pub enum CallOutcome {
         provider_id: Option<String>,
     },
     /// Worth another try: `408`, `429`, `5xx`, a timeout or an unreachable
-    /// provider, and `401`/`403`/`404`, which refuse Herald's key or URL, not
-    /// the request: a configuration fault, fixed for every request at once.
+    /// provider, and `3xx`/`401`/`403`/`404`, which refuse Herald's key or
+    /// URL, not the request: a configuration fault, fixed for every request at once.
     Transient {
         status: Option<u16>,
         retry_after: Option<Duration>,
@@ -55,7 +55,7 @@ impl CallOutcome {
     }
 
     /// Whether the answer is about the provider's state or Herald's
-    /// configuration, not the request: `429`, `401`, `403`, `404`. Such an
+    /// configuration, not the request: `429`, `3xx`, `401`, `403`, `404`. Such an
     /// attempt spends no retry budget, only age.
     pub fn spends_no_attempt(&self) -> bool {
         match self {
@@ -103,6 +103,9 @@ impl ProviderClient {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
+            // A redirect would carry `X-API-Key` and the notification to
+            // wherever the provider points: only `--provider-url` gets them.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
@@ -158,8 +161,20 @@ async fn classify_response(response: reqwest::Response) -> CallOutcome {
             provider_id,
         };
     }
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("(none)");
+        tracing::error!(
+            status = status.as_u16(),
+            location,
+            "the provider answered with a redirect, which Herald never follows (it would send the key elsewhere): check PROVIDER_URL; work stays queued"
+        );
+    }
     let error = error_text(status, response.text().await.unwrap_or_default());
-    if refuses_herald(status.as_u16()) {
+    if matches!(status.as_u16(), 401 | 403 | 404) {
         tracing::error!(%error, "the provider refuses Herald's key or URL: check PROVIDER_API_KEY and PROVIDER_URL; work stays queued");
     }
     if is_transient(status) {
@@ -183,12 +198,13 @@ fn is_transient(status: StatusCode) -> bool {
         || refuses_herald(status.as_u16())
 }
 
-/// A wrong `X-API-Key` (`401`), a missing one (`403`) or a wrong
-/// `PROVIDER_URL` (`404`): failing every request for it would empty the
-/// outbox into `failed` at the provider's pace; the breaker holds the work
-/// instead, until the configuration is fixed.
+/// A wrong `X-API-Key` (`401`), a missing one (`403`), a wrong
+/// `PROVIDER_URL` (`404`) or one that has moved (`3xx`, never followed):
+/// failing every request for it would empty the outbox into `failed` at the
+/// provider's pace; the breaker holds the work instead, until the
+/// configuration is fixed.
 fn refuses_herald(status: u16) -> bool {
-    matches!(status, 401 | 403 | 404)
+    matches!(status, 300..=399 | 401 | 403 | 404)
 }
 
 fn error_text(status: StatusCode, body: String) -> String {
@@ -265,7 +281,9 @@ mod tests {
 
     #[test]
     fn transient_statuses_are_408_429_5xx_and_a_refused_key_or_url() {
-        for code in [401, 403, 404, 408, 429, 500, 502, 503, 504] {
+        for code in [
+            301, 302, 307, 308, 401, 403, 404, 408, 429, 500, 502, 503, 504,
+        ] {
             assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
         }
         for code in [400, 409, 413, 422] {

@@ -146,12 +146,17 @@ impl std::fmt::Display for InstanceId {
 #[async_trait]
 pub trait Records: Send + Sync {
     /// Stores a new `queued` request durably, or answers the request an
-    /// idempotency key with the same body made before.
+    /// idempotency key with the same body made before. `owner` is the API
+    /// client that creates it, when client keys are on.
     async fn create(
         &self,
         notification: Notification,
         idempotency_key: Option<&str>,
+        owner: Option<&str>,
     ) -> Result<CreateOutcome, StoreError>;
+
+    /// The API client that created `id`, if one did.
+    async fn owner_of(&self, id: RequestId) -> Result<Option<String>, StoreError>;
 
     /// The request `key` is bound to with this same body, if any: what a
     /// create with `key` would answer as a replay, without writing anything.

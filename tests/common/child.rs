@@ -31,7 +31,7 @@ pub struct HeraldProcess {
 impl HeraldProcess {
     /// Starts `herald serve` on a free port with fast pacing; `extra` flags come last.
     pub async fn start(data_dir: impl AsRef<Path>, provider_url: &str, extra: &[&str]) -> Self {
-        match Self::spawn(data_dir.as_ref(), provider_url, extra, QUIET, false).await {
+        match Self::spawn(data_dir.as_ref(), provider_url, extra, QUIET, false, |_| {}).await {
             Ok(herald) => herald,
             Err(refused) => panic!("herald refused to start: {refused:?}"),
         }
@@ -44,7 +44,7 @@ impl HeraldProcess {
         provider_url: &str,
         extra: &[&str],
     ) -> Result<Self, Refusal> {
-        Self::spawn(data_dir.as_ref(), provider_url, extra, QUIET, false).await
+        Self::spawn(data_dir.as_ref(), provider_url, extra, QUIET, false, |_| {}).await
     }
 
     /// As [`HeraldProcess::start`], logging at `filter` (`RUST_LOG`, which
@@ -56,8 +56,44 @@ impl HeraldProcess {
         extra: &[&str],
         filter: &str,
     ) -> Self {
-        let started = Self::spawn(data_dir.as_ref(), provider_url, extra, filter, true).await;
+        let started = Self::spawn(data_dir.as_ref(), provider_url, extra, filter, true, |_| {});
+        let started = started.await;
         started.unwrap_or_else(|refused| panic!("herald refused to start: {refused:?}"))
+    }
+
+    /// As [`HeraldProcess::start`], with the open-file limit (soft and hard)
+    /// at `limit`: Herald cannot raise it.
+    pub async fn start_with_open_file_limit(
+        data_dir: impl AsRef<Path>,
+        provider_url: &str,
+        extra: &[&str],
+        limit: u64,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let set_limit = move |command: &mut Command| {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            let in_child = move || match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            // SAFETY: the closure calls only setrlimit between fork and exec.
+            unsafe { command.pre_exec(in_child) };
+        };
+        let started = Self::spawn(
+            data_dir.as_ref(),
+            provider_url,
+            extra,
+            QUIET,
+            false,
+            set_limit,
+        );
+        started
+            .await
+            .unwrap_or_else(|refused| panic!("herald refused to start: {refused:?}"))
     }
 
     async fn spawn(
@@ -66,8 +102,10 @@ impl HeraldProcess {
         extra: &[&str],
         filter: &str,
         keep_logs: bool,
+        configure: impl FnOnce(&mut Command),
     ) -> Result<Self, Refusal> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
@@ -77,9 +115,9 @@ impl HeraldProcess {
             .args(extra)
             .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("herald starts");
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("herald starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr_reader = std::thread::spawn(move || last_line(stderr));
@@ -145,6 +183,13 @@ impl HeraldProcess {
     pub async fn request(&self, client: &reqwest::Client, id: &str) -> Value {
         let url = format!("{}/v1/requests/{id}", self.address);
         client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Sends `signal` (SIGHUP, say) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(result, 0, "signal delivered");
     }
 
     /// SIGKILL, then reaps the process.

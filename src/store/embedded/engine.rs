@@ -1,4 +1,4 @@
-//! One opening of the sled database: the `Db`, its six trees and the handle
+//! One opening of the sled database: the `Db`, its trees and the handle
 //! of the group commit that flushes it.
 //!
 //! The store holds an engine while sled takes writes and drops it when sled
@@ -22,6 +22,7 @@ pub struct Engine {
     pub leases: Tree,
     pub events: Tree,
     pub idempotency: Tree,
+    pub owners: Tree,
     pub meta: Tree,
     pub commit: GroupCommit,
     /// Declared last, so it is dropped last: once it says so, sled's handles
@@ -44,7 +45,7 @@ impl Drop for ReleaseSignal {
 pub struct Opened {
     pub db: sled::Db,
     pub path: std::path::PathBuf,
-    trees: [Tree; 6],
+    trees: [Tree; 7],
 }
 
 impl Opened {
@@ -66,6 +67,7 @@ impl Opened {
             tree("events")?,
             tree("idempotency")?,
             tree("meta")?,
+            tree("owners")?,
         ];
         Ok(Self {
             db,
@@ -94,13 +96,14 @@ impl Opened {
     /// (its last `Arc`) resolves the returned receiver.
     pub fn into_engine(self, commit: GroupCommit) -> (Engine, oneshot::Receiver<()>) {
         let (released, on_release) = oneshot::channel();
-        let [requests, outbox, leases, events, idempotency, meta] = self.trees;
+        let [requests, outbox, leases, events, idempotency, meta, owners] = self.trees;
         let engine = Engine {
             requests,
             outbox,
             leases,
             events,
             idempotency,
+            owners,
             meta,
             commit,
             _released: ReleaseSignal(Some(released)),

@@ -53,6 +53,7 @@ fn refuse_foreign(trees: &Opened) -> Result<(), StoreError> {
         "events",
         "idempotency",
         "meta",
+        "owners",
     ];
     let mut others = trees.db.tree_names().into_iter().filter(|name| {
         name.as_ref() != b"__sled__default"

@@ -8,7 +8,9 @@
 //! - `leases`: request id → the outbox key it was leased from, with the
 //!   lease's deadline and owner (`keys.rs`); work an attempt is running on;
 //! - `events`: (request id, sequence) → [`Event`]; the append-only history;
-//! - `idempotency`: client key → [`IdempotencyRecord`];
+//! - `idempotency`: client key → [`IdempotencyRecord`] (with client keys on,
+//!   the key is prefixed by the client's name: see `src/api/auth.rs`);
+//! - `owners`: request id → the API client that created it (`owners.rs`);
 //! - `meta`: the on-disk format version and the per-priority counts of
 //!   undelivered requests (`pending.rs`);
 //! - sled's default tree: the number of the last group-commit flush
@@ -36,6 +38,7 @@ mod inspect;
 mod integrity;
 mod keys;
 mod open;
+mod owners;
 mod pending;
 mod reads;
 mod reopen;

@@ -1,5 +1,5 @@
 //! Retention: deleting requests that reached a final status long enough ago,
-//! with their history and their idempotency key.
+//! with their history, their owner and their idempotency key.
 //!
 //! Request ids are UUIDv7, whose first 48 bits are the creation time in
 //! milliseconds, so the `requests` tree is in creation order and a purge reads
@@ -114,10 +114,13 @@ impl EmbeddedStore {
         Ok(purged)
     }
 
-    /// Removes a final request and every event of its history in one transaction.
+    /// Removes a final request, every event of its history and its owner in
+    /// one transaction.
     fn delete_request(&self, engine: &Engine, record: &RequestRecord) -> Result<(), StoreError> {
-        let deleted = (&engine.requests, &engine.events).transaction(|(requests, events)| {
+        let trees = (&engine.requests, &engine.events, &engine.owners);
+        let deleted = trees.transaction(|(requests, events, owners)| {
             requests.remove(record.id.as_bytes())?;
+            owners.remove(record.id.as_bytes())?;
             // Sequence 0 is stored only by databases first written in format 1.
             for seq in 0..record.event_count {
                 events.remove(&keys::event_key(record.id, seq))?;

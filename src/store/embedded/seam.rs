@@ -17,8 +17,13 @@ impl Records for EmbeddedStore {
         &self,
         notification: Notification,
         idempotency_key: Option<&str>,
+        owner: Option<&str>,
     ) -> Result<CreateOutcome, StoreError> {
-        EmbeddedStore::create(self, notification, idempotency_key).await
+        EmbeddedStore::create_for(self, notification, idempotency_key, owner).await
+    }
+
+    async fn owner_of(&self, id: RequestId) -> Result<Option<String>, StoreError> {
+        EmbeddedStore::owner_of(self, id)
     }
 
     async fn replay_of(

@@ -45,6 +45,16 @@ impl EmbeddedStore {
         notification: Notification,
         idempotency_key: Option<&str>,
     ) -> Result<CreateOutcome, StoreError> {
+        self.create_for(notification, idempotency_key, None).await
+    }
+
+    /// [`EmbeddedStore::create`], for the API client `owner` when there is one.
+    pub async fn create_for(
+        &self,
+        notification: Notification,
+        idempotency_key: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<CreateOutcome, StoreError> {
         let engine = self.engine()?;
         let now = now_ms();
         let mut id = RequestId::new();
@@ -55,6 +65,9 @@ impl EmbeddedStore {
                 id = existing;
                 outcome = CreateOutcome::Replayed(existing);
             }
+        }
+        if let Some(owner) = owner {
+            self.bind_owner(&engine, id, owner)?;
         }
         // Also on a replay: a crash between the binding and the request leaves
         // the binding alone, and the replay completes it.
