@@ -3,8 +3,8 @@
 //!
 //! glibc gives a thread that meets contention an arena of its own, up to eight
 //! per core, and memory freed in an arena is only reused by that arena. The
-//! runtime's workers, its blocking threads (one flush each) and sled's I/O
-//! threads all allocate: after the same round of delivered traffic, resident
+//! runtime's workers, its blocking threads (one flush each) and the embedded
+//! store's I/O threads all allocate: after the same round of delivered traffic, resident
 //! memory was 93–99 MiB with glibc's default and 82–86 MiB with two arenas
 //! (BENCHMARKS.md, "Retention and resident memory").
 

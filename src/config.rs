@@ -114,11 +114,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:5000")]
     pub listen: SocketAddr,
 
-    /// Directory of the sled outbox (created if missing).
+    /// Directory of the embedded store (created if missing).
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Upper bound of the store's page cache, in MiB.
+    /// Embedded engine: upper bound of its page cache, in MiB.
     #[arg(long, env = "HERALD_STORE_CACHE_MB", default_value_t = 8)]
     pub store_cache_mb: u64,
 

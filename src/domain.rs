@@ -1,7 +1,7 @@
 //! The vocabulary every layer shares: what a notification is, which channel and
 //! priority it has, and the status machine it moves through.
 //!
-//! Nothing here knows about HTTP, sled or the provider; the API parses into
+//! Nothing here knows about HTTP, a database or the provider; the API parses into
 //! these types, the store persists them and the dispatcher acts on them.
 
 use std::fmt;

@@ -1,7 +1,7 @@
 //! Herald: a durable notification gateway.
 //!
-//! Requests are stored in an embedded sled outbox ([`store`]) before the API
-//! ([`api`]) acknowledges them; the dispatcher ([`dispatch`]) delivers them to
+//! Requests are stored durably by the store ([`store`]: traits, and the
+//! engines behind them) before the API ([`api`]) acknowledges them; the dispatcher ([`dispatch`]) delivers them to
 //! the provider under a rate limit with retries; [`retention`] deletes what
 //! was delivered long ago; [`server`] holds client connections to their
 //! limits. [`app`] wires the pieces

@@ -5,14 +5,17 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::LogFormat;
+use crate::store;
 
-const DEFAULT_FILTER: &str = "info,sled=warn,hyper=warn,reqwest=warn";
+/// Herald at info; its libraries only when they warn.
+const DEFAULT_FILTER: &str = "info,hyper=warn,reqwest=warn";
 
 /// Sets up logging to standard output, or to standard error for a command
 /// whose own output goes to standard output (`herald export`).
 pub fn init(format: LogFormat, to_stderr: bool) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{DEFAULT_FILTER},{}", store::embedded::LOG_FILTER))
+    });
     let writer = if to_stderr {
         BoxMakeWriter::new(std::io::stderr)
     } else {

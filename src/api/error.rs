@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use crate::store::StoreError;
 
 /// How long a client should wait after the store could not take its write.
-/// sled is reopened within about two seconds of the disk taking writes again.
+/// The embedded store reopens its database within about two seconds of the
+/// disk taking writes again.
 const STORAGE_RETRY_AFTER_SECS: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,8 @@
 //!   `429` (with its `Retry-After`) and of relief.
 //!
 //! Each engine lives in its own folder and is the only code that knows its
-//! database: [`embedded`] (sled, one process; the default).
+//! database: [`embedded`] (one process, its files in the data directory;
+//! the default).
 //!
 //! Data walks one way: HTTP → [`Records`] → [`WorkSource`] → dispatcher →
 //! provider → [`Records`].

@@ -159,7 +159,7 @@ fn compose_app_is_built_here_and_publishes_port_5000() {
 }
 
 #[test]
-fn compose_app_keeps_sled_data_in_a_named_volume_at_the_images_data_dir() {
+fn compose_app_keeps_its_data_in_a_named_volume_at_the_images_data_dir() {
     let compose = compose();
     let app = service(&compose, "app");
     let data_dir = env_of(&runtime_stage())

@@ -209,7 +209,7 @@ fn dockerfile_runs_as_a_non_root_user() {
 }
 
 #[test]
-fn dockerfile_exposes_5000_and_keeps_sled_data_in_a_volume_at_data() {
+fn dockerfile_exposes_5000_and_keeps_its_data_in_a_volume_at_data() {
     let runtime = runtime_stage();
     let exposed: Vec<&str> = args_of(&runtime, "EXPOSE")
         .into_iter()

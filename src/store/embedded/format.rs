@@ -220,4 +220,30 @@ mod tests {
             "{refused:?}"
         );
     }
+
+    #[tokio::test]
+    async fn a_format_3_lease_is_read_and_returned_to_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let id = processed(&store, Priority::High).await;
+        let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!(lease.owner, store_options_instance());
+        // What format 3 wrote: the outbox key alone.
+        {
+            let engine = engine(&store);
+            let bytes = engine.leases.get(id.as_bytes()).unwrap().unwrap();
+            let entry = crate::store::embedded::keys::LeaseEntry::decode(&bytes).unwrap();
+            let format_3 = entry.leased_from.encode();
+            engine.leases.insert(id.as_bytes(), &format_3[..]).unwrap();
+        } // the engine handle goes before the close waits for every handle
+
+        let store = reopened_as_format(store, dir.path(), 3).await;
+        assert_eq!((store.recovered_at_open(), store.pending()), (1, 1));
+        let again = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
+        assert_eq!((again.id, again.attempt), (id, 2));
+    }
+
+    fn store_options_instance() -> crate::store::InstanceId {
+        crate::store::embedded::StoreOptions::default().instance
+    }
 }

@@ -71,6 +71,9 @@ use super::{
 };
 use crate::domain::RequestId;
 
+/// The log filter for the database library: warnings only.
+pub const LOG_FILTER: &str = "sled=warn";
+
 /// sled's errors where no running store is involved (opening, checking,
 /// upgrading); a running store goes through `EmbeddedStore::sled_failed`,
 /// which also stops writes.
