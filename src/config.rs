@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::dispatch::{
-    BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
+    BreakerSettings, DispatchSettings, ProviderSettings, RateLimit, RateSettings, RetryPolicy,
 };
 use crate::simulator::SimConfig;
 use crate::store::StoreOptions;
@@ -105,12 +105,19 @@ pub struct GatewayConfig {
     )]
     pub provider_api_key: Secret,
 
-    /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
-    #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
-    pub rate_per_sec: f64,
+    /// The provider's limit as it publishes it: at most N calls in any sliding
+    /// window W, across all channels (`50/10s`; W in ms, s or m). Wins over
+    /// --rate-per-sec when both are given. [default: 50/10s, the reference provider's]
+    #[arg(long, env = "HERALD_RATE_LIMIT")]
+    pub rate_limit: Option<RateLimit>,
 
-    /// Calls that may go back to back before the rate spaces them (governor's
-    /// burst; 1: every call waits its turn).
+    /// Shorthand for --rate-limit: this many calls per second, spaced evenly
+    /// (--rate-burst of them may go back to back).
+    #[arg(long, env = "HERALD_RATE_PER_SEC")]
+    pub rate_per_sec: Option<f64>,
+
+    /// With --rate-per-sec: calls that may go back to back (1: every call
+    /// waits its turn); the limit is then BURST calls per BURST/RATE seconds.
     #[arg(long, env = "HERALD_RATE_BURST", default_value_t = 1)]
     pub rate_burst: u32,
 
@@ -224,6 +231,7 @@ impl GatewayConfig {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
             rate: RateSettings {
+                limit: self.rate_limit,
                 per_sec: self.rate_per_sec,
                 burst: self.rate_burst,
                 email_per_sec: self.email_rate_per_sec,
@@ -376,6 +384,20 @@ mod tests {
         }
         config.provider_url = Some("http://provider:3001".parse().unwrap());
         assert_eq!(config.provider_url_for_logs(), "http://provider:3001");
+    }
+
+    #[test]
+    fn the_rate_limit_wins_over_its_shorthand_which_wins_over_the_default() {
+        let mut config = GatewayConfig::defaults();
+        let limit = |config: &GatewayConfig| config.dispatch_settings().rate.limit();
+        assert_eq!(limit(&config).unwrap().to_string(), "50/10s");
+        config.rate_per_sec = Some(20.0);
+        assert_eq!(limit(&config), RateLimit::per_second(20.0, 1));
+        config.rate_limit = Some("100/10s".parse().unwrap());
+        assert_eq!(limit(&config).unwrap().to_string(), "100/10s");
+        config.rate_limit = None;
+        config.rate_per_sec = Some(-1.0);
+        assert!(limit(&config).is_err());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{email, fast_provider, spawn_app_with, spawn_gateway, unused_addr};
+use common::{TestApp, email, fast_provider, spawn_app_with, spawn_gateway, unused_addr};
+use herald::config::GatewayConfig;
 use herald::domain::Channel;
 use herald::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
@@ -160,18 +162,37 @@ async fn a_provider_that_never_answers_is_cut_off_by_the_timeout() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
+/// A gateway whose provider is down (nothing listens at its address) until
+/// [`end_outage`] starts one there.
+async fn gateway_in_an_outage(tweak: impl FnOnce(&mut GatewayConfig)) -> (TestApp, SocketAddr) {
     let provider_addr = unused_addr();
     let app = spawn_gateway(
         &format!("http://{provider_addr}"),
         TempDir::new().unwrap(),
-        |c| {
-            c.max_attempts = 2; // an outage must not spend the budget
-            c.breaker_threshold = 2;
-            c.breaker_cooldown_ms = 100;
-        },
+        tweak,
     )
+    .await;
+    (app, provider_addr)
+}
+
+/// Starts the provider, then expects every request sent, each delivered once.
+async fn end_outage(app: &TestApp, provider_addr: SocketAddr, ids: &[String]) {
+    let provider = Simulator::spawn_on(provider_addr, fast_provider())
+        .await
+        .unwrap();
+    for id in ids {
+        assert_eq!(app.wait_until_final(id).await, "sent", "{id}");
+        assert_eq!(provider.simulator.deliveries_of(id), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
+    let (app, provider_addr) = gateway_in_an_outage(|c| {
+        c.max_attempts = 2; // an outage must not spend the budget
+        c.breaker_threshold = 2;
+        c.breaker_cooldown_ms = 100;
+    })
     .await;
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -185,14 +206,7 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
             "{id} is {status} during the outage"
         );
     }
-
-    let provider = Simulator::spawn_on(provider_addr, fast_provider())
-        .await
-        .unwrap();
-    for id in &ids {
-        assert_eq!(app.wait_until_final(id).await, "sent");
-        assert_eq!(provider.simulator.deliveries_of(id), 1);
-    }
+    end_outage(&app, provider_addr, &ids).await;
     let events = app.events_of(&ids[0]).await;
     assert!(events.iter().any(|e| {
         e["error"]
@@ -202,11 +216,43 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
     app.stop().await;
 }
 
+/// Every attempt here is a request's last (`max_attempts = 1`): the failures
+/// that open the breaker must wait to learn they began an outage, not fail.
+#[tokio::test]
+async fn a_last_attempt_when_an_outage_begins_is_not_failed_by_it() {
+    let (app, provider_addr) = gateway_in_an_outage(|c| {
+        c.max_attempts = 1;
+        c.breaker_threshold = 3;
+        // Also how long a failed last attempt waits for the breaker's verdict.
+        c.breaker_cooldown_ms = 3_000;
+    })
+    .await;
+    // Created first, then processed back to back: the three failures that
+    // open the breaker come well within one cool-down of each other.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.create_ok(&email()).await);
+    }
+    for id in &ids {
+        assert!(app.process(id).await.status().is_success());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &ids {
+        assert_ne!(
+            app.status_of(id).await,
+            "failed",
+            "{id} failed by the outage"
+        );
+    }
+    end_outage(&app, provider_addr, &ids).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn high_priority_work_queued_later_is_sent_before_normal_work() {
     // One call at a time, two per second: the backlog waits in the outbox.
     let app = spawn_app_with(fast_provider(), |c| {
-        c.rate_per_sec = 2.0;
+        c.rate_per_sec = Some(2.0);
         c.rate_burst = 1;
         c.max_in_flight = 1;
     })

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::breaker::CircuitBreaker;
-use super::pacer::Pacer;
+use super::pacer::{Pacer, Slot};
 use super::provider::{CallOutcome, ProviderClient};
 use super::retry::RetryPolicy;
 use crate::domain::now_ms;
@@ -29,16 +29,28 @@ pub struct AttemptContext {
 }
 
 impl AttemptContext {
-    pub async fn run(&self, lease: Lease) {
+    pub async fn run(&self, lease: Lease, slot: Slot) {
         self.pacer
             .until_channel_ready(lease.notification.channel)
             .await;
+        self.pacer.sending(&slot);
         let started = Instant::now();
         let outcome = self.provider.send(lease.id, &lease.notification).await;
         let latency = started.elapsed();
 
-        let outage = self.update_health(&outcome);
-        let (decision, report) = decide(&self.retry, &lease, outcome, outage, latency, now_ms());
+        let outage = self.update_health(&outcome, &slot);
+        let mut judged = decide(
+            &self.retry,
+            &lease,
+            outcome.clone(),
+            outage,
+            latency,
+            now_ms(),
+        );
+        if judged.0 == Decision::Failed && !outage && self.outage_followed(&outcome).await {
+            judged = decide(&self.retry, &lease, outcome, true, latency, now_ms());
+        }
+        let (decision, report) = judged;
         tracing::info!(
             attempt = lease.attempt,
             http_status = report.http_status,
@@ -59,12 +71,12 @@ impl AttemptContext {
 
     /// Feeds the outcome to the breaker and the pacer; returns whether the
     /// provider is in an outage (the breaker is open).
-    fn update_health(&self, outcome: &CallOutcome) -> bool {
+    fn update_health(&self, outcome: &CallOutcome, slot: &Slot) -> bool {
         match outcome {
             CallOutcome::Transient { retry_after, .. } if outcome.is_throttled() => {
-                self.pacer.throttled(*retry_after);
+                self.pacer.throttled(slot, *retry_after);
             }
-            _ => self.pacer.relieved(),
+            _ => self.pacer.relieved(slot),
         }
         if outcome.is_provider_failure() {
             self.breaker.record_failure()
@@ -72,6 +84,19 @@ impl AttemptContext {
             self.breaker.record_success();
             false
         }
+    }
+
+    /// A provider failure would end the request (its last attempt), but the
+    /// breaker has not opened: whether this failure was the first of an
+    /// outage shows only in what the next calls get. Waits for that, at most
+    /// a breaker cool-down: `true` if the breaker opens first, `false` if
+    /// another call succeeds first (the failure was this request's own) or
+    /// nothing is known by then.
+    async fn outage_followed(&self, outcome: &CallOutcome) -> bool {
+        if !outcome.is_provider_failure() {
+            return false;
+        }
+        self.breaker.opens_before_a_success().await
     }
 
     /// Writes the outcome, retrying while the store refuses: a lease must not be

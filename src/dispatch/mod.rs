@@ -9,9 +9,15 @@
 
 mod attempt;
 mod breaker;
+mod learned;
 mod pacer;
+#[cfg(test)]
+mod pacing_model;
 mod provider;
+mod rate_limit;
 mod retry;
+mod throttle;
+mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,13 +30,15 @@ use tracing::Instrument;
 
 pub use attempt::decide;
 pub use breaker::{BreakerSettings, BreakerState, CircuitBreaker};
-pub use pacer::{InvalidRate, Pacer, RateSettings};
+pub use pacer::{Pacer, RateSettings};
 pub use provider::{CallOutcome, ProviderClient, ProviderSettings};
+pub use rate_limit::{InvalidRate, REFERENCE_LIMIT, RateLimit};
 pub use retry::RetryPolicy;
 
 use crate::domain::now_ms;
 use crate::store::{Store, StoreError};
 use attempt::AttemptContext;
+use pacer::Slot;
 
 /// How long the loop rests after the store failed, before trying again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -139,16 +147,17 @@ impl Dispatcher {
         self.wait_for_due_work().await?;
         self.context.breaker.admitted().await;
         let waiting = std::time::Instant::now();
-        self.context.pacer.until_ready().await;
+        let rate_slot = self.context.pacer.until_ready().await;
         crate::instruments::rate_limiter_wait(waiting.elapsed());
         let leased = self.context.store.lease_next_due(now_ms());
         let Ok(Some(lease)) = leased else {
+            self.context.pacer.not_sent(rate_slot);
             self.context.breaker.probe_not_sent();
             return leased.map(drop);
         };
         let span = tracing::info_span!("request", id = %lease.id);
         let context = self.context.clone();
-        attempts.spawn(run_attempt(context, lease, slot).instrument(span));
+        attempts.spawn(run_attempt(context, lease, rate_slot, slot).instrument(span));
         Ok(())
     }
 
@@ -227,7 +236,8 @@ impl Drop for Running<'_> {
 async fn run_attempt(
     context: Arc<AttemptContext>,
     lease: crate::store::Lease,
+    rate_slot: Slot,
     _slot: OwnedSemaphorePermit,
 ) {
-    context.run(lease).await;
+    context.run(lease, rate_slot).await;
 }

@@ -1,73 +1,117 @@
-//! Pacing provider calls: a global governor rate limiter, optional per-channel
-//! limiters on top, and the backpressure `429`s impose on every caller: a pause
-//! (the `Retry-After`, or a second), then a slower pace that each further `429`
-//! episode halves and that recovers towards the configured rate by 10% a
-//! second while the provider answers without throttling.
+//! Pacing provider calls: the provider's published limit kept on Herald's
+//! side as a sliding window (`window`), a lower limit learned when the
+//! provider's refusals show it holds less (`learned`; `throttle` judges
+//! which refusals do), and optional per-channel limiters on top.
+//!
+//! Its surface is a gate: [`Pacer::until_ready`] waits for a slot; the call
+//! made in it is reported back with [`Pacer::throttled`] (a `429` and its
+//! `Retry-After`) or [`Pacer::relieved`] (any other answer).
+//!
+//! A `429` the judge finds to be throttling teaches the learned limit and,
+//! when it carries a `Retry-After`, holds every call that long. Any other
+//! `429` only delays its own request, by its `Retry-After` (the retry policy
+//! does that), and gives its slot back: the provider did not count it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
+use super::learned::LearnedLimit;
+use super::rate_limit::{InvalidRate, REFERENCE_LIMIT, RateLimit};
+use super::throttle::{ThrottleJudge, Verdict};
+use super::window::{CallId, SlidingLog};
 use crate::domain::Channel;
-
-/// How long a `429` without `Retry-After` holds every call.
-const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
-/// The slowest pace `429`s can impose: one call per this long.
-const MAX_GAP: Duration = Duration::from_secs(5);
-/// How fast the imposed pace recovers: this much faster per second of answers
-/// without a `429`. Slow on purpose: recovering within a second (as 2% per
-/// answer did) refilled the provider's window at once, so every episode's
-/// pause came back about every two seconds (measured: 93 of 200 calls/s used
-/// under the `chaos` profile).
-const RECOVERY_PER_SEC: f64 = 0.10;
 
 #[derive(Clone, Debug)]
 pub struct RateSettings {
-    pub per_sec: f64,
+    /// The provider's limit: at most this many calls in any sliding window.
+    pub limit: Option<RateLimit>,
+    /// The shorthand: calls per second, `burst` of them back to back.
+    pub per_sec: Option<f64>,
     pub burst: u32,
     pub email_per_sec: Option<f64>,
     pub sms_per_sec: Option<f64>,
     pub push_per_sec: Option<f64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("rate `{0}` per second is not a positive number")]
-pub struct InvalidRate(f64);
-
-/// What `429`s imposed on top of the configured rate.
-#[derive(Debug)]
-struct Backpressure {
-    paused_until: Option<Instant>,
-    /// Calls per second the provider's `429`s allow; `None` when the
-    /// configured rate rules.
-    imposed_rate: Option<f64>,
-    /// Since when `imposed_rate` has been recovering.
-    recovering_since: Instant,
-    next_call: Instant,
+impl RateSettings {
+    /// The limit, else the shorthand's, else the reference provider's.
+    pub fn limit(&self) -> Result<RateLimit, InvalidRate> {
+        match (self.limit, self.per_sec) {
+            (Some(limit), _) => Ok(limit),
+            (None, Some(per_sec)) => RateLimit::per_second(per_sec, self.burst),
+            (None, None) => Ok(REFERENCE_LIMIT),
+        }
+    }
 }
 
-impl Backpressure {
-    fn gap(&self) -> Duration {
-        self.imposed_rate
-            .map_or(Duration::ZERO, |rate| Duration::from_secs_f64(1.0 / rate))
+/// A call the pacer let through. Hand it back with the call's outcome.
+#[derive(Debug)]
+pub struct Slot {
+    id: CallId,
+    /// It took the configured window's last free place: a `429` for it
+    /// means the provider counted the calls before it closer together than
+    /// Herald stamped them.
+    filled_window: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    configured: SlidingLog,
+    learned: LearnedLimit,
+    judge: ThrottleJudge,
+    paused_until: Option<Instant>,
+    next_id: CallId,
+}
+
+impl State {
+    /// Takes a slot if a call may go at `now`; otherwise the moment to look again.
+    fn take_or_wait(&mut self, now: Instant, calls: u32) -> Result<Slot, Instant> {
+        if let Some(until) = self.paused_until {
+            if until > now {
+                return Err(until);
+            }
+            self.paused_until = None;
+        }
+        self.learned.grow_if_due(now);
+        let at = (self.configured.next_free(now)).max(self.learned.log().next_free(now));
+        if at > now {
+            return Err(at);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.record(id, now);
+        Ok(Slot {
+            id,
+            filled_window: calls >= 2 && self.configured.is_full_at(now),
+        })
+    }
+
+    fn record(&mut self, id: CallId, now: Instant) {
+        self.configured.record(id, now);
+        self.learned.log().record(id, now);
+    }
+
+    fn release(&mut self, id: CallId) {
+        self.configured.release(id);
+        self.learned.log().release(id);
     }
 }
 
 pub struct Pacer {
-    global: DefaultDirectRateLimiter,
     per_channel: HashMap<Channel, DefaultDirectRateLimiter>,
-    /// The configured rate: where the imposed pace starts and what it recovers to.
-    base_rate: f64,
-    backpressure: Mutex<Backpressure>,
+    /// The configured limit's calls per window.
+    calls: u32,
+    state: Mutex<State>,
 }
 
 impl Pacer {
     pub fn new(settings: &RateSettings) -> Result<Self, InvalidRate> {
-        let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limit = settings.limit()?;
         let channel_rates = [
             (Channel::Email, settings.email_per_sec),
             (Channel::Sms, settings.sms_per_sec),
@@ -76,31 +120,32 @@ impl Pacer {
         let mut per_channel = HashMap::new();
         for (channel, rate) in channel_rates {
             if let Some(rate) = rate {
-                per_channel.insert(channel, limiter(rate, NonZeroU32::MIN)?);
+                per_channel.insert(channel, channel_limiter(rate)?);
             }
         }
         Ok(Self {
-            global: limiter(settings.per_sec, burst)?,
             per_channel,
-            base_rate: settings.per_sec,
-            backpressure: Mutex::new(Backpressure {
+            calls: limit.calls,
+            state: Mutex::new(State {
+                configured: SlidingLog::new(limit),
+                learned: LearnedLimit::new(limit),
+                judge: ThrottleJudge::default(),
                 paused_until: None,
-                imposed_rate: None,
-                recovering_since: Instant::now(),
-                next_call: Instant::now(),
+                next_id: 0,
             }),
         })
     }
 
-    /// Waits for a global slot: after any pause, at the pace `429`s imposed,
-    /// and within the configured rate.
-    pub async fn until_ready(&self) {
-        while let Some(until) = self.pause_deadline() {
-            tokio::time::sleep_until(until).await;
+    /// Waits for a slot: after any pause, within the provider's window and
+    /// within what its refusals taught.
+    pub async fn until_ready(&self) -> Slot {
+        loop {
+            let taken = self.lock().take_or_wait(Instant::now(), self.calls);
+            match taken {
+                Ok(slot) => return slot,
+                Err(at) => tokio::time::sleep_until(at).await,
+            }
         }
-        let slot = self.next_slot();
-        tokio::time::sleep_until(slot).await;
-        self.global.until_ready().await;
     }
 
     /// Waits for the channel's own limiter, if it has one.
@@ -110,94 +155,88 @@ impl Pacer {
         }
     }
 
-    /// The provider said "too many": hold every call for `retry_after` (or a
-    /// second), then go on at half the pace it last accepted. The other calls
-    /// in flight then tend to get a `429` too; answers that arrive while the
-    /// pause holds are the same signal, so they extend the pause but do not
-    /// halve the pace again.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
-        let now = Instant::now();
-        let until = now + retry_after.unwrap_or(THROTTLE_PAUSE);
+    /// The slot's call goes out now: the provider will count it from about now.
+    pub fn sending(&self, slot: &Slot) {
         let mut state = self.lock();
-        let same_episode = state.paused_until.is_some_and(|current| current > now);
-        if state.paused_until.is_none_or(|current| current < until) {
-            state.paused_until = Some(until);
-        }
-        if !same_episode {
-            let slowest = 1.0 / MAX_GAP.as_secs_f64();
-            let halved = state.imposed_rate.unwrap_or(self.base_rate) / 2.0;
-            state.imposed_rate = Some(halved.max(slowest));
-            tracing::debug!(gap = ?state.gap(), "provider throttled: slowing down");
-        }
-        // Recovery starts once the pause is over.
-        state.recovering_since = state.paused_until.unwrap_or(now);
+        state.record(slot.id, Instant::now());
+        state.judge.sent(slot.id);
     }
 
-    /// The provider answered without throttling: let the imposed pace recover
-    /// for the time since the last adjustment.
-    pub fn relieved(&self) {
+    /// The slot was not used (nothing was due after all).
+    pub fn not_sent(&self, slot: Slot) {
+        let mut state = self.lock();
+        state.release(slot.id);
+        state.judge.not_sent(slot.id);
+    }
+
+    /// The provider said "too many" to the slot's call.
+    pub fn throttled(&self, slot: &Slot, retry_after: Option<Duration>) {
         let now = Instant::now();
         let mut state = self.lock();
-        let Some(rate) = state.imposed_rate else {
-            return;
-        };
-        let seconds = now.saturating_duration_since(state.recovering_since);
-        if seconds.is_zero() {
+        if slot.filled_window && state.learned.limit().is_none() && state.configured.widen() {
+            // The window was right but too tight for the delay between our
+            // stamp and the provider's count. The refused call stays counted,
+            // so the next one waits for the provider's window to move on.
+            tracing::info!(margin = ?state.configured.margin(), "provider counted calls closer together than they were sent: margin widened");
             return;
         }
-        let recovered = rate * (1.0 + RECOVERY_PER_SEC).powf(seconds.as_secs_f64());
-        state.imposed_rate = (recovered < self.base_rate).then_some(recovered);
-        state.recovering_since = now;
-    }
-
-    /// The least time between calls that `429`s currently impose.
-    #[cfg(test)]
-    pub fn imposed_gap(&self) -> Duration {
-        self.lock().gap()
-    }
-
-    fn pause_deadline(&self) -> Option<Instant> {
-        let mut state = self.lock();
-        match state.paused_until {
-            Some(until) if until > Instant::now() => Some(until),
-            _ => {
-                state.paused_until = None;
-                None
+        state.release(slot.id);
+        if state.judge.refused(slot.id) != Verdict::Throttling {
+            return;
+        }
+        let limit = state.learned.refused(now);
+        if let Some(pause) = retry_after {
+            let until = now + pause;
+            if state.paused_until.is_none_or(|current| current < until) {
+                state.paused_until = Some(until);
             }
         }
+        tracing::info!(limit, window = ?state.learned.log().window(), ?retry_after, "provider throttling: limit learned from what it admitted");
     }
 
-    /// Reserves the next call's moment under the imposed gap.
-    fn next_slot(&self) -> Instant {
-        let mut state = self.lock();
-        let slot = state.next_call.max(Instant::now());
-        state.next_call = slot + state.gap();
-        slot
+    /// The provider answered the slot's call without throttling.
+    pub fn relieved(&self, slot: &Slot) {
+        self.lock().judge.admitted(slot.id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Backpressure> {
-        self.backpressure
+    /// The limit the provider's refusals taught, if any.
+    #[cfg(test)]
+    pub fn learned_limit(&self) -> Option<usize> {
+        self.lock().learned.limit()
+    }
+
+    /// The margin the window keeps for the delay between stamp and count.
+    #[cfg(test)]
+    pub fn margin(&self) -> Duration {
+        self.lock().configured.margin()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is plain values: a panic elsewhere cannot leave it half-written.
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn limiter(per_sec: f64, burst: NonZeroU32) -> Result<DefaultDirectRateLimiter, InvalidRate> {
+/// A per-channel limit: `per_sec` calls a second, one at a time.
+fn channel_limiter(per_sec: f64) -> Result<DefaultDirectRateLimiter, InvalidRate> {
     if !(per_sec.is_finite() && per_sec > 0.0) {
-        return Err(InvalidRate(per_sec));
+        return Err(InvalidRate::PerSecond(per_sec));
     }
     let period = Duration::from_secs_f64(1.0 / per_sec);
-    let quota = Quota::with_period(period).ok_or(InvalidRate(per_sec))?;
-    Ok(RateLimiter::direct(quota.allow_burst(burst)))
+    let quota = Quota::with_period(period).ok_or(InvalidRate::PerSecond(per_sec))?;
+    Ok(RateLimiter::direct(quota.allow_burst(NonZeroU32::MIN)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings(per_sec: f64) -> RateSettings {
+    fn settings(limit: &str) -> RateSettings {
         RateSettings {
-            per_sec,
+            limit: Some(limit.parse().unwrap()),
+            per_sec: None,
             burst: 1,
             email_per_sec: None,
             sms_per_sec: Some(2.0),
@@ -205,74 +244,107 @@ mod tests {
         }
     }
 
+    /// A slot taken and sent.
+    async fn sent(pacer: &Pacer) -> Slot {
+        let slot = pacer.until_ready().await;
+        pacer.sending(&slot);
+        slot
+    }
+
+    /// Three calls refused in a row: a 429 and both its probes.
+    async fn throttled_thrice(pacer: &Pacer, retry_after: Option<Duration>) {
+        for _ in 0..3 {
+            let slot = sent(pacer).await;
+            pacer.throttled(&slot, retry_after);
+        }
+    }
+
     #[test]
-    fn refuses_rates_that_are_not_positive() {
-        assert!(Pacer::new(&settings(0.0)).is_err());
-        assert!(Pacer::new(&settings(f64::NAN)).is_err());
-        assert!(Pacer::new(&settings(5.0)).is_ok());
+    fn refuses_channel_rates_that_are_not_positive() {
+        let mut bad = settings("5/1s");
+        bad.sms_per_sec = Some(0.0);
+        assert!(Pacer::new(&bad).is_err());
+        assert!(Pacer::new(&settings("5/1s")).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_429_pauses_every_caller_for_its_retry_after() {
-        let pacer = Pacer::new(&settings(1000.0)).unwrap();
-        pacer.throttled(Some(Duration::from_secs(2)));
-        pacer.throttled(Some(Duration::from_millis(10))); // never shortens a longer pause
+    async fn throttling_teaches_the_limit_the_provider_holds() {
+        let pacer = Pacer::new(&settings("100/1s")).unwrap();
+        for _ in 0..30 {
+            let slot = sent(&pacer).await;
+            pacer.relieved(&slot);
+        }
+        throttled_thrice(&pacer, None).await;
+        assert_eq!(pacer.learned_limit(), Some(30));
+        // No Retry-After: no pause, but the next call waits for the window
+        // of 10 s (the learning window) to move past the first 30.
+        let started = Instant::now();
+        sent(&pacer).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(10_020));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_whose_next_call_goes_through_slows_nothing() {
+        let pacer = Pacer::new(&settings("100/1s")).unwrap();
+        let refused = sent(&pacer).await;
+        pacer.throttled(&refused, Some(Duration::from_secs(5)));
+        let probe = sent(&pacer).await;
+        pacer.relieved(&probe);
+        throttled_thrice(&pacer, None).await; // a new suspicion, settled by the next two
+        assert_eq!(
+            pacer.learned_limit(),
+            Some(1),
+            "only the relieved probe counted"
+        );
+
+        let pacer = Pacer::new(&settings("100/1s")).unwrap();
+        for _ in 0..10 {
+            let refused = sent(&pacer).await;
+            pacer.throttled(&refused, Some(Duration::from_secs(1)));
+            let probe = sent(&pacer).await;
+            pacer.relieved(&probe);
+        }
+        assert_eq!(pacer.learned_limit(), None);
+        let started = Instant::now();
+        sent(&pacer).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no pause: each Retry-After was its request's"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_with_retry_after_pauses_every_caller() {
+        let pacer = Pacer::new(&settings("1000/1s")).unwrap();
+        throttled_thrice(&pacer, Some(Duration::from_secs(2))).await;
         let started = Instant::now();
         pacer.until_ready().await;
         assert!(started.elapsed() >= Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn each_429_halves_the_pace_and_it_recovers_over_time() {
-        let pacer = Pacer::new(&settings(100.0)).unwrap(); // 10 ms apart
-        assert_eq!(pacer.imposed_gap(), Duration::ZERO);
-        pacer.throttled(Some(Duration::ZERO));
-        assert_eq!(pacer.imposed_gap(), Duration::from_millis(20));
-        tokio::time::advance(Duration::from_millis(1)).await;
-        pacer.throttled(Some(Duration::ZERO));
-        assert_eq!(pacer.imposed_gap(), Duration::from_millis(40));
-
+    async fn a_slot_not_used_is_given_back() {
+        let pacer = Pacer::new(&settings("1/10s")).unwrap();
+        let slot = pacer.until_ready().await;
+        pacer.not_sent(slot);
         let started = Instant::now();
-        for _ in 0..3 {
-            pacer.until_ready().await;
-        }
-        assert!(
-            started.elapsed() >= Duration::from_millis(80),
-            "calls keep the imposed gap"
-        );
-
-        tokio::time::advance(Duration::from_secs(5)).await;
-        pacer.relieved(); // 25/s × 1.1^5 ≈ 40/s
-        let gap = pacer.imposed_gap();
-        assert!(
-            gap > Duration::from_millis(20) && gap < Duration::from_millis(30),
-            "recovering gradually: {gap:?}"
-        );
-        tokio::time::advance(Duration::from_secs(10)).await;
-        pacer.relieved();
-        assert_eq!(
-            pacer.imposed_gap(),
-            Duration::ZERO,
-            "back to the configured rate"
-        );
+        pacer.until_ready().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_429s_of_one_episode_halve_the_pace_once() {
-        let pacer = Pacer::new(&settings(100.0)).unwrap();
-        for _ in 0..16 {
-            pacer.throttled(Some(Duration::from_secs(1))); // every call in flight
-        }
-        assert_eq!(pacer.imposed_gap(), Duration::from_millis(20));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_imposed_pace_has_a_floor() {
-        let pacer = Pacer::new(&settings(100.0)).unwrap();
-        for _ in 0..64 {
-            pacer.throttled(Some(Duration::ZERO));
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
-        assert_eq!(pacer.imposed_gap(), MAX_GAP);
+    async fn a_429_on_the_call_that_filled_the_window_widens_the_margin_first() {
+        let pacer = Pacer::new(&settings("2/10s")).unwrap();
+        let first = sent(&pacer).await;
+        pacer.relieved(&first);
+        let second = sent(&pacer).await;
+        pacer.throttled(&second, None);
+        assert_eq!(pacer.margin(), Duration::from_millis(40));
+        assert_eq!(pacer.learned_limit(), None, "no slowdown");
+        // The refused call still holds its place until the window moves on.
+        let started = Instant::now();
+        pacer.until_ready().await;
+        assert_eq!(started.elapsed(), Duration::from_millis(10_040));
     }
 }

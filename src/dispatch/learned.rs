@@ -1,0 +1,181 @@
+//! The limit the provider's refusals teach when the configured one is above
+//! its real capacity.
+//!
+//! A provider that counts calls in a sliding window refuses a call when its
+//! window is full, so at a refusal it has just admitted its whole capacity:
+//! the calls Herald sent in the window before, less those it refused. That
+//! count becomes the learned limit, over the configured window or 10 s if
+//! that is longer (the form the reference provider publishes), and it holds
+//! calls back exactly as long as the provider's window needs to move on;
+//! slowing down by halves instead left the window half empty (0.87 of a
+//! 100-per-10 s provider, pacing_model.rs). While no refusal comes, the limit
+//! grows back, by 10% after a clean window and twice as much after each
+//! further one; each time growing found the ceiling again, growth waits
+//! twice as many windows (up to 16), so a provider whose capacity is known
+//! is probed ever more rarely.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::rate_limit::RateLimit;
+use super::window::SlidingLog;
+
+/// The shortest window limits are learned over: the reference provider's.
+const LEARNING_WINDOW: Duration = Duration::from_secs(10);
+const FIRST_GROWTH: f64 = 0.10;
+const MAX_CLEAN_WINDOWS: u32 = 16;
+
+#[derive(Debug)]
+pub struct LearnedLimit {
+    /// Every counted call over the learning window; limited once learned.
+    log: SlidingLog,
+    /// The configured limit over the learning window: a learned limit that
+    /// grows to it gives way to it.
+    ceiling: usize,
+    limit: Option<usize>,
+    growth: f64,
+    /// Whether the limit grew since the last refusal.
+    grown: bool,
+    clean_windows: u32,
+    next_growth: Instant,
+}
+
+impl LearnedLimit {
+    pub fn new(configured: RateLimit) -> Self {
+        let window = configured.window.max(LEARNING_WINDOW);
+        let ceiling = (configured.per_sec() * window.as_secs_f64()).ceil();
+        Self {
+            log: SlidingLog::counting(window),
+            ceiling: ceiling.min(usize::MAX as f64) as usize,
+            limit: None,
+            growth: FIRST_GROWTH,
+            grown: false,
+            clean_windows: 1,
+            next_growth: Instant::now(),
+        }
+    }
+
+    pub fn log(&mut self) -> &mut SlidingLog {
+        &mut self.log
+    }
+
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// The provider refused a call because its window was full (the refused
+    /// call already left the log): its capacity is what the log holds.
+    pub fn refused(&mut self, now: Instant) -> usize {
+        let held = self.log.in_window(now).max(1);
+        let limit = self.limit.map_or(held, |limit| limit.min(held));
+        self.limit = Some(limit);
+        self.log.set_limit(limit);
+        if self.grown {
+            self.clean_windows = (self.clean_windows * 2).min(MAX_CLEAN_WINDOWS);
+        }
+        self.grown = false;
+        self.growth = FIRST_GROWTH;
+        self.next_growth = now + self.log.window() * self.clean_windows;
+        limit
+    }
+
+    /// Grows the learned limit if enough time passed without a refusal.
+    pub fn grow_if_due(&mut self, now: Instant) {
+        let Some(limit) = self.limit else {
+            return;
+        };
+        if now < self.next_growth {
+            return;
+        }
+        let grown = limit + ((limit as f64 * self.growth).ceil() as usize).max(1);
+        self.growth = (self.growth * 2.0).min(1.0);
+        self.grown = true;
+        self.next_growth = now + self.log.window();
+        if grown >= self.ceiling {
+            self.limit = None;
+            self.log = SlidingLog::counting(self.log.window());
+            tracing::info!("learned rate limit grown back to the configured one");
+            return;
+        }
+        self.limit = Some(grown);
+        self.log.set_limit(grown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn twenty_per_sec() -> LearnedLimit {
+        LearnedLimit::new(RateLimit::per_second(20.0, 1).unwrap())
+    }
+
+    #[test]
+    fn a_refusal_teaches_what_the_window_held() {
+        let start = Instant::now();
+        let mut learned = twenty_per_sec();
+        assert_eq!(learned.ceiling, 200, "20/s over 10 s");
+        for id in 0..100 {
+            learned
+                .log()
+                .record(id, start + Duration::from_millis(50 * id));
+        }
+        let refused_at = start + Duration::from_secs(5);
+        assert_eq!(learned.refused(refused_at), 100);
+        assert_eq!(learned.limit(), Some(100));
+        // The next call waits for the first one to leave the window.
+        assert_eq!(
+            learned.log().next_free(refused_at),
+            start + Duration::from_millis(10_020)
+        );
+    }
+
+    #[test]
+    fn it_grows_back_faster_each_clean_window_and_gives_way_to_the_configured() {
+        let start = Instant::now();
+        let mut learned = twenty_per_sec();
+        learned.log().record(0, start);
+        assert_eq!(learned.refused(start), 1);
+        let mut limits = Vec::new();
+        let mut now = start;
+        while learned.limit().is_some() {
+            now += Duration::from_secs(10);
+            learned.grow_if_due(now);
+            limits.push(learned.limit());
+        }
+        assert_eq!(
+            limits,
+            [
+                Some(2),
+                Some(3),
+                Some(5),
+                Some(9),
+                Some(18),
+                Some(36),
+                Some(72),
+                Some(144),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn finding_the_ceiling_again_makes_it_wait_longer_to_grow() {
+        let start = Instant::now();
+        let mut learned = twenty_per_sec();
+        for id in 0..100 {
+            learned.log().record(id, start);
+        }
+        learned.refused(start);
+        let grown_at = start + Duration::from_secs(10);
+        learned.grow_if_due(grown_at);
+        assert_eq!(learned.limit(), Some(110));
+        learned.refused(grown_at); // 100 still in the window
+        assert_eq!(learned.limit(), Some(100));
+        learned.grow_if_due(grown_at + Duration::from_secs(10));
+        assert_eq!(learned.limit(), Some(100), "two clean windows now");
+        learned.grow_if_due(grown_at + Duration::from_secs(20));
+        assert_eq!(learned.limit(), Some(110));
+    }
+}
