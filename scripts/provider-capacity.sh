@@ -11,9 +11,12 @@
 #                then DRAIN_SECS (300); Herald with its default settings. Then
 #                the same against a fresh simulator with the hammering baseline
 #                (scripts/capacity/hammer.py: every 429 retried at once, 18
-#                attempts) in Herald's place (CHALLENGE_GATEWAYS="herald hammer"
-#                picks which run). Figures are read DRAIN_SECS after
-#                k6 ends, with the simulator frozen (SIGSTOP) while they are read.
+#                attempts) in Herald's place, as fast as it goes (`hammer`) and
+#                capped at HAMMER_PACE attempts/s (`hammer-paced`, 50: the public
+#                solutions' share of 429s, so it calls for the whole drain);
+#                CHALLENGE_GATEWAYS="herald hammer hammer-paced" picks which run.
+#                Figures are read DRAIN_SECS after k6 ends, with the simulator
+#                frozen (SIGSTOP) while they are read.
 # per-recipient  `per-recipient` (10% of calls refused with 429 + Retry-After: 1
 #                at any pace), Herald with --rate-per-sec 20, a backlog of
 #                BACKLOG requests: delivered/s over WINDOW_SECS against the bound
@@ -26,7 +29,8 @@
 # Environment: HERALD_BIN (default target/release/herald, built when unset),
 # SIM_BIN (the simulator's binary, default HERALD_BIN), GATEWAY_ARGS (extra
 # `herald serve` flags for the challenge run), DRAIN_SECS (300), WINDOW_SECS
-# (120), BACKLOG (3000), HAMMER_WORKERS (10), SEED (2026), OUT (target/capacity).
+# (120), BACKLOG (3000), HAMMER_WORKERS (10), HAMMER_PACE (50), SEED (2026),
+# OUT (target/capacity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOG_PREFIX=capacity
@@ -42,6 +46,7 @@ DRAIN_SECS=${DRAIN_SECS:-300}
 WINDOW_SECS=${WINDOW_SECS:-120}
 BACKLOG=${BACKLOG:-3000}
 HAMMER_WORKERS=${HAMMER_WORKERS:-10}
+HAMMER_PACE=${HAMMER_PACE:-50}
 SEED=${SEED:-2026}
 OUT=${OUT:-target/capacity}
 mkdir -p "$OUT"
@@ -92,8 +97,8 @@ challenge_run() {
   grep -o 'id [0-9a-f-]\{36\}' "$WORK/$name-k6.log" | sort -u >"$OUT/$name-ids.txt"
   log "$name: $(wc -l <"$OUT/$name-ids.txt") requests created; draining ${DRAIN_SECS}s"
   while (($(date +%s) < end + DRAIN_SECS)); do
-    if [[ $name == hammer ]] && curl -fsS --max-time 5 "127.0.0.1:$port/health" | grep -q '"pending": 0'; then
-      log "hammer: nothing left to try; reading its figures now"
+    if [[ $name == hammer* ]] && curl -fsS --max-time 5 "127.0.0.1:$port/health" | grep -q '"pending": 0'; then
+      log "$name: nothing left to try; reading its figures now"
       break
     fi
     sleep 1
@@ -104,10 +109,15 @@ challenge_run() {
 }
 
 challenge() {
-  local gateways=${CHALLENGE_GATEWAYS:-herald hammer}
-  [[ $gateways == *herald* ]] && challenge_herald
-  [[ $gateways == *hammer* ]] && challenge_hammer
-  return 0
+  local gateway
+  for gateway in ${CHALLENGE_GATEWAYS:-herald hammer hammer-paced}; do
+    case $gateway in
+      herald) challenge_herald ;;
+      hammer) challenge_hammer hammer 0 ;;
+      hammer-paced) challenge_hammer hammer_paced "$HAMMER_PACE" ;;
+      *) die "unknown gateway $gateway" ;;
+    esac
+  done
 }
 
 challenge_herald() {
@@ -132,16 +142,19 @@ PY
   cp "$WORK/challenge-herald.log" "$OUT/challenge-herald.log"
 }
 
+# challenge_hammer NAME ATTEMPTS_PER_SEC (0: as fast as it goes)
 challenge_hammer() {
-  start_sim hammer 3932 reference
-  python3 scripts/capacity/hammer.py --listen 127.0.0.1:5932 --provider http://127.0.0.1:3932 \
-    --workers "$HAMMER_WORKERS" >"$WORK/hammer.log" 2>&1 &
+  local name=$1 port sim_port
+  if [[ $name == hammer ]]; then port=5932 sim_port=3932; else port=5935 sim_port=3935; fi
+  start_sim "$name" "$sim_port" reference
+  python3 scripts/capacity/hammer.py --listen "127.0.0.1:$port" --provider "http://127.0.0.1:$sim_port" \
+    --workers "$HAMMER_WORKERS" --attempts-per-sec "$2" >"$WORK/$name.log" 2>&1 &
   pids+=($!)
-  wait_ready http://127.0.0.1:5932/health hammer "$!"
-  challenge_run hammer 5932 3932
-  python3 "$REPORT" hammer --base http://127.0.0.1:5932 --stats "$OUT/hammer-stats.json" \
-    --secs "$secs" --capacity 5 | tee "$OUT/challenge-hammer.json"
-  kill -CONT "$hammer_sim"
+  wait_ready "http://127.0.0.1:$port/health" "$name" "$!"
+  challenge_run "$name" "$port" "$sim_port"
+  python3 "$REPORT" hammer --base "http://127.0.0.1:$port" --stats "$OUT/$name-stats.json" \
+    --secs "$secs" --capacity 5 | tee "$OUT/challenge-$name.json"
+  kill -CONT "$(eval echo "\$${name}_sim")"
 }
 
 # steady_backlog NAME GATEWAY_PORT SIM_PORT: a backlog, then /stats every 10 s for WINDOW_SECS.

@@ -32,10 +32,22 @@ def now_ms():
 
 
 class State:
-    def __init__(self):
+    def __init__(self, attempts_per_sec):
         self.lock = threading.Lock()
         self.requests = {}
         self.work = queue.Queue()
+        self.gap = 1.0 / attempts_per_sec if attempts_per_sec else 0.0
+        self.next_attempt = time.monotonic()
+        self.pace = threading.Lock()
+
+    def wait_turn(self):
+        if not self.gap:
+            return
+        with self.pace:
+            now = time.monotonic()
+            turn = max(now, self.next_attempt)
+            self.next_attempt = turn + self.gap
+        time.sleep(max(0.0, turn - now))
 
 
 def worker(state, provider, api_key):
@@ -48,6 +60,7 @@ def worker(state, provider, api_key):
             record["status"] = "processing"
             record["attempts"] += 1
         body = json.dumps({"to": record["to"], "message": record["message"], "type": record["type"]})
+        state.wait_turn()
         try:
             conn.request("POST", f"/v1/notify?trace_id={rid}", body,
                          {"Content-Type": "application/json", "X-API-Key": api_key})
@@ -140,8 +153,9 @@ def main():
     parser.add_argument("--provider", required=True)
     parser.add_argument("--api-key", default="test-dev-2026")
     parser.add_argument("--workers", type=int, default=10)
+    parser.add_argument("--attempts-per-sec", type=float, default=0.0)
     args = parser.parse_args()
-    state = State()
+    state = State(args.attempts_per_sec)
     for _ in range(args.workers):
         threading.Thread(target=worker, args=(state, args.provider, args.api_key), daemon=True).start()
     host, port = args.listen.rsplit(":", 1)

@@ -98,6 +98,16 @@ impl SlidingLog {
         self.stamps.len()
     }
 
+    /// The calls stamped within the window itself (the margin left out) up
+    /// to `now`: what the provider holds, as nearly as Herald can tell.
+    pub fn held_at(&self, now: Instant) -> usize {
+        self.stamps
+            .iter()
+            .rev()
+            .take_while(|(_, stamp)| now.saturating_duration_since(*stamp) < self.window)
+            .count()
+    }
+
     pub fn is_full_at(&mut self, now: Instant) -> bool {
         self.in_window(now) >= self.limit
     }
