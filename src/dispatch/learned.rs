@@ -4,13 +4,13 @@
 //! A provider that counts calls in a sliding window refuses a call when its
 //! window is full, so at a refusal it has just admitted its whole capacity:
 //! the calls Herald sent in the window before, less those it refused. That
-//! count becomes the learned limit, over the configured window or 10 s if
-//! that is longer (the form the reference provider publishes), and it holds
+//! count becomes the learned limit, over 10 s (the window the reference
+//! provider publishes) or the configured window if that is longer; it holds
 //! calls back exactly as long as the provider's window needs to move on;
-//! slowing down by halves instead left the window half empty (0.87 of a
-//! 100-per-10 s provider, pacing_model.rs). While no refusal comes, the limit
-//! grows back, by 10% after a clean window and twice as much after each
-//! further one; each time growing found the ceiling again, growth waits
+//! halving the pace instead, as Herald did before, kept that window partly
+//! empty (0.85 of a 100-per-10 s provider in the second minute, BENCHMARKS.md
+//! "Provider capacity"). While no refusal comes, the limit grows back, by
+//! 10% after a clean window and twice as much after each further one; each time growing found the ceiling again, growth waits
 //! twice as many windows (up to 16), so a provider whose capacity is known
 //! is probed ever more rarely.
 

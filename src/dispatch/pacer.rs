@@ -78,6 +78,7 @@ impl State {
             self.paused_until = None;
         }
         self.learned.grow_if_due(now);
+        self.configured.relax(now);
         let at = (self.configured.next_free(now)).max(self.learned.log().next_free(now));
         if at > now {
             return Err(at);
@@ -173,7 +174,7 @@ impl Pacer {
     pub fn throttled(&self, slot: &Slot, retry_after: Option<Duration>) {
         let now = Instant::now();
         let mut state = self.lock();
-        if slot.filled_window && state.learned.limit().is_none() && state.configured.widen() {
+        if slot.filled_window && state.learned.limit().is_none() && state.configured.widen(now) {
             // The window was right but too tight for the delay between our
             // stamp and the provider's count. The refused call stays counted,
             // so the next one waits for the provider's window to move on.

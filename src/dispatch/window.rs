@@ -20,9 +20,15 @@ use super::rate_limit::RateLimit;
 /// The jitter margin a window starts with, and the most it may widen to, as
 /// shares of W: 20 ms and 100 ms on the reference provider's 10 s. At the
 /// start, 50 per 10.02 s is 0.998 of its capacity; widened all the way,
-/// 0.990. (BENCHMARKS.md, "Provider capacity", has the arrival jitter measured.)
+/// 0.990. (BENCHMARKS.md, "Provider capacity", has what the provider saw:
+/// the 50th call after another arrived 6-23 ms past its 10 s, min to median.)
 const MARGIN_SHARE: f64 = 0.002;
 const MAX_MARGIN_SHARE: f64 = 0.01;
+/// A widened margin halves back (to no less than where it started) after
+/// this many windows without a refusal: what widens it is most often one
+/// stall of the machine, not a lasting delay (two in a 6-minute run on a
+/// machine shared with builds, BENCHMARKS.md).
+const RELAX_AFTER_WINDOWS: u32 = 6;
 
 /// A call the log counts, named so it can be re-stamped or taken back.
 pub type CallId = u64;
@@ -33,7 +39,10 @@ pub struct SlidingLog {
     limit: usize,
     window: Duration,
     margin: Duration,
+    min_margin: Duration,
     max_margin: Duration,
+    /// When the margin last changed, if it is wider than `min_margin`.
+    widened_at: Option<Instant>,
     /// The counted calls, oldest stamp first.
     stamps: VecDeque<(CallId, Instant)>,
 }
@@ -44,7 +53,9 @@ impl SlidingLog {
             limit: limit.calls.max(1) as usize,
             window: limit.window,
             margin: limit.window.mul_f64(MARGIN_SHARE),
+            min_margin: limit.window.mul_f64(MARGIN_SHARE),
             max_margin: limit.window.mul_f64(MAX_MARGIN_SHARE),
+            widened_at: None,
             stamps: VecDeque::new(),
         }
     }
@@ -115,12 +126,25 @@ impl SlidingLog {
     /// The provider refused a call the log had room for: it counted our calls
     /// closer together than we stamped them. Doubles the margin, up to its
     /// ceiling; returns whether it could.
-    pub fn widen(&mut self) -> bool {
+    pub fn widen(&mut self, now: Instant) -> bool {
         if self.margin >= self.max_margin {
             return false;
         }
         self.margin = (self.margin * 2).min(self.max_margin);
+        self.widened_at = Some(now);
         true
+    }
+
+    /// Halves a widened margin back once it has gone long enough unneeded.
+    pub fn relax(&mut self, now: Instant) {
+        let Some(since) = self.widened_at else {
+            return;
+        };
+        if now.saturating_duration_since(since) < self.window * RELAX_AFTER_WINDOWS {
+            return;
+        }
+        self.margin = (self.margin / 2).max(self.min_margin);
+        self.widened_at = (self.margin > self.min_margin).then_some(now);
     }
 
     pub fn margin(&self) -> Duration {
@@ -199,13 +223,23 @@ mod tests {
     }
 
     #[test]
-    fn the_margin_widens_up_to_a_ceiling() {
+    fn the_margin_widens_up_to_a_ceiling_and_relaxes_when_unneeded() {
+        let start = Instant::now();
         let mut log = log(50, 10);
         let mut margins = vec![log.margin().as_millis()];
-        while log.widen() {
+        while log.widen(start) {
             margins.push(log.margin().as_millis());
         }
         assert_eq!(margins, [20, 40, 80, 100]);
-        assert!(!log.widen());
+        assert!(!log.widen(start));
+
+        log.relax(start + Duration::from_secs(59));
+        assert_eq!(log.margin(), Duration::from_millis(100), "not yet");
+        let mut relaxed = Vec::new();
+        for minutes in 1..=4 {
+            log.relax(start + Duration::from_secs(60 * minutes));
+            relaxed.push(log.margin().as_millis());
+        }
+        assert_eq!(relaxed, [50, 25, 20, 20]);
     }
 }
