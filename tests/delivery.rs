@@ -163,13 +163,17 @@ async fn a_provider_that_never_answers_is_cut_off_by_the_timeout() {
 }
 
 /// A gateway whose provider is down (nothing listens at its address) until
-/// [`end_outage`] starts one there.
-async fn gateway_in_an_outage(tweak: impl FnOnce(&mut GatewayConfig)) -> (TestApp, SocketAddr) {
+/// [`end_outage`] starts one there, with its retry budget and breaker settings.
+async fn gateway_in_an_outage(max_attempts: u32, breaker: (u32, u64)) -> (TestApp, SocketAddr) {
     let provider_addr = unused_addr();
+    let settings = |c: &mut GatewayConfig| {
+        c.max_attempts = max_attempts;
+        (c.breaker_threshold, c.breaker_cooldown_ms) = breaker;
+    };
     let app = spawn_gateway(
         &format!("http://{provider_addr}"),
         TempDir::new().unwrap(),
-        tweak,
+        settings,
     )
     .await;
     (app, provider_addr)
@@ -188,12 +192,8 @@ async fn end_outage(app: &TestApp, provider_addr: SocketAddr, ids: &[String]) {
 
 #[tokio::test]
 async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
-    let (app, provider_addr) = gateway_in_an_outage(|c| {
-        c.max_attempts = 2; // an outage must not spend the budget
-        c.breaker_threshold = 2;
-        c.breaker_cooldown_ms = 100;
-    })
-    .await;
+    // Two attempts: an outage must not spend the budget.
+    let (app, provider_addr) = gateway_in_an_outage(2, (2, 100)).await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         ids.push(app.submit(&email()).await);
@@ -220,30 +220,29 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
 /// that open the breaker must wait to learn they began an outage, not fail.
 #[tokio::test]
 async fn a_last_attempt_when_an_outage_begins_is_not_failed_by_it() {
-    let (app, provider_addr) = gateway_in_an_outage(|c| {
-        c.max_attempts = 1;
-        c.breaker_threshold = 3;
-        // Also how long a failed last attempt waits for the breaker's verdict.
-        c.breaker_cooldown_ms = 3_000;
-    })
-    .await;
+    // Three failures open the breaker; its 3 s cool-down is also how long a
+    // failed last attempt waits for the breaker's verdict.
+    let (app, provider_addr) = gateway_in_an_outage(1, (3, 3_000)).await;
     // Created first, then processed back to back: the three failures that
     // open the breaker come well within one cool-down of each other.
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(app.create_ok(&email()).await);
-    }
+    let ids = [
+        app.create_ok(&email()).await,
+        app.create_ok(&email()).await,
+        app.create_ok(&email()).await,
+    ];
     for id in &ids {
         assert!(app.process(id).await.status().is_success());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for id in &ids {
-        assert_ne!(
-            app.status_of(id).await,
-            "failed",
-            "{id} failed by the outage"
-        );
-    }
+    let statuses = [
+        app.status_of(&ids[0]).await,
+        app.status_of(&ids[1]).await,
+        app.status_of(&ids[2]).await,
+    ];
+    assert!(
+        !statuses.iter().any(|status| status == "failed"),
+        "failed by the outage: {statuses:?}"
+    );
     end_outage(&app, provider_addr, &ids).await;
     app.stop().await;
 }

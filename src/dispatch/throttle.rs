@@ -26,7 +26,7 @@ struct Suspicion {
 }
 
 /// What an answer settled.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing yet (or nothing to judge).
     Open,
@@ -102,20 +102,15 @@ mod tests {
     fn a_429_the_next_calls_share_is_throttling() {
         let mut judge = ThrottleJudge::default();
         send(&mut judge, 0..=1);
-        assert_eq!(judge.refused(0), Verdict::Open);
-        assert_eq!(
-            judge.refused(1),
-            Verdict::Open,
-            "in flight before: not a probe"
-        );
+        // 1 was in flight before the 429 came: not a probe.
+        assert_eq!([judge.refused(0), judge.refused(1)], [Verdict::Open; 2]);
         send(&mut judge, 2..=4);
-        assert_eq!(judge.refused(3), Verdict::Open);
+        // 4 is no probe either: two are enough.
+        let verdicts = [judge.refused(3), judge.admitted(4), judge.refused(2)];
         assert_eq!(
-            judge.admitted(4),
-            Verdict::Open,
-            "not a probe: two were enough"
+            verdicts,
+            [Verdict::Open, Verdict::Open, Verdict::Throttling]
         );
-        assert_eq!(judge.refused(2), Verdict::Throttling);
         // Settled: the next 429 raises a new suspicion.
         assert_eq!(judge.refused(4), Verdict::Open);
     }
