@@ -128,7 +128,7 @@ challenge_herald() {
   python3 "$REPORT" herald --base http://127.0.0.1:5931 --ids "$OUT/herald-ids.txt" \
     --stats "$OUT/herald-stats.json" --secs "$secs" --capacity 5 >"$WORK/herald.json"
   kill -CONT "$herald_sim"
-  python3 - "$WORK/herald.json" "http://127.0.0.1:3931" <<'PY' | tee "$OUT/challenge-herald.json"
+  python3 -B - "$WORK/herald.json" "http://127.0.0.1:3931" <<'PY' | tee "$OUT/challenge-herald.json"
 import json, sys
 sys.path.insert(0, "scripts/capacity")
 import report
