@@ -150,7 +150,7 @@ fi
 
 # The simulator's flags for a profile. With --profile support the simulator
 # owns the definition, with one adjustment so that the trouble reaches a
-# Herald pacing itself at its default 4.8 calls/s:
+# Herald pacing itself at its default 50 calls per sliding 10 s:
 #   throttled: the profile throttles above 100 calls/s, which Herald never
 #     reaches; the suite narrows it to THROTTLED_WINDOW_CALLS (30) per
 #     THROTTLED_WINDOW_SECS (10), i.e. 3 calls/s, keeping its Retry-After: 1

@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::GatewayConfig;
-use crate::dispatch::{DispatchError, Dispatcher, Pacer};
+use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
 use crate::keys::{self, KeyError, Keys};
 use crate::retention;
 use crate::server::{self, ServerSettings};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::pacing::{InvalidRate, Pacer};
 use crate::store::{Backend, Records, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    #[error("invalid rate limit: {0}")]
+    Rate(#[from] InvalidRate),
     #[error("health check failed: {0}")]
     Unhealthy(String),
     #[error("cannot set up metrics: {0}")]
@@ -190,7 +193,7 @@ fn open_backend(config: &GatewayConfig) -> Result<Backend, AppError> {
         pending = store.pending(),
         "store open"
     );
-    let gate = Pacer::new(&config.dispatch_settings().rate).map_err(DispatchError::from)?;
+    let gate = Pacer::new(&config.rate_settings())?;
     Ok(Backend {
         records: store.clone(),
         work: store,

@@ -13,14 +13,13 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::dispatch::{
-    BreakerSettings, DispatchSettings, ProviderSettings, RateSettings, RetryPolicy,
-};
+use crate::dispatch::{BreakerSettings, DispatchSettings, ProviderSettings, RetryPolicy};
 use crate::secret::Secret;
 use crate::server::ServerSettings;
 use crate::simulator::SimConfig;
 use crate::store::InstanceId;
 use crate::store::embedded::StoreOptions;
+use crate::store::embedded::pacing::{RateLimit, RateSettings};
 
 /// Where the provider lives when nothing else is said (the compose service name).
 pub const DEFAULT_PROVIDER_URL: &str = "http://provider:3001";
@@ -157,12 +156,19 @@ pub struct GatewayConfig {
     #[arg(long, env = "HERALD_METRICS_KEY_FILE")]
     pub metrics_key_file: Option<PathBuf>,
 
-    /// Provider calls per second, across all channels (the reference provider admits 50 per 10 s).
-    #[arg(long, env = "HERALD_RATE_PER_SEC", default_value_t = 4.8)]
-    pub rate_per_sec: f64,
+    /// The provider's limit as it publishes it: at most N calls in any sliding
+    /// window W, across all channels (`50/10s`; W in ms, s or m). Wins over
+    /// --rate-per-sec when both are given. [default: 50/10s, the reference provider's]
+    #[arg(long, env = "HERALD_RATE_LIMIT")]
+    pub rate_limit: Option<RateLimit>,
 
-    /// Calls that may go back to back before the rate spaces them (governor's
-    /// burst; 1: every call waits its turn).
+    /// Shorthand for --rate-limit: this many calls per second, spaced evenly
+    /// (--rate-burst of them may go back to back).
+    #[arg(long, env = "HERALD_RATE_PER_SEC")]
+    pub rate_per_sec: Option<f64>,
+
+    /// With --rate-per-sec: calls that may go back to back (1: every call
+    /// waits its turn); the limit is then BURST calls per BURST/RATE seconds.
     #[arg(long, env = "HERALD_RATE_BURST", default_value_t = 1)]
     pub rate_burst: u32,
 
@@ -327,6 +333,18 @@ impl GatewayConfig {
         }
     }
 
+    /// The pace of provider calls, as the rate gate takes it.
+    pub fn rate_settings(&self) -> RateSettings {
+        RateSettings {
+            limit: self.rate_limit,
+            per_sec: self.rate_per_sec,
+            burst: self.rate_burst,
+            email_per_sec: self.email_rate_per_sec,
+            sms_per_sec: self.sms_rate_per_sec,
+            push_per_sec: self.push_rate_per_sec,
+        }
+    }
+
     pub fn dispatch_settings(&self) -> DispatchSettings {
         DispatchSettings {
             provider: ProviderSettings {
@@ -334,13 +352,6 @@ impl GatewayConfig {
                 api_key: self.provider_api_key().clone(),
                 connect_timeout: Duration::from_millis(self.connect_timeout_ms),
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
-            },
-            rate: RateSettings {
-                per_sec: self.rate_per_sec,
-                burst: self.rate_burst,
-                email_per_sec: self.email_rate_per_sec,
-                sms_per_sec: self.sms_rate_per_sec,
-                push_per_sec: self.push_rate_per_sec,
             },
             retry: RetryPolicy {
                 base: Duration::from_millis(self.retry_base_ms),
@@ -554,6 +565,20 @@ mod tests {
             missing.to_str().unwrap(),
         ];
         assert!(parse(&missing).is_err());
+    }
+
+    #[test]
+    fn the_rate_limit_wins_over_its_shorthand_which_wins_over_the_default() {
+        let mut config = GatewayConfig::defaults();
+        let limit = |config: &GatewayConfig| config.rate_settings().limit();
+        assert_eq!(limit(&config).unwrap().to_string(), "50/10s");
+        config.rate_per_sec = Some(20.0);
+        assert_eq!(limit(&config), RateLimit::per_second(20.0, 1));
+        config.rate_limit = Some("100/10s".parse().unwrap());
+        assert_eq!(limit(&config).unwrap().to_string(), "100/10s");
+        config.rate_limit = None;
+        config.rate_per_sec = Some(-1.0);
+        assert!(limit(&config).is_err());
     }
 
     #[test]

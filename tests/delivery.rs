@@ -5,11 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{email, fast_provider, reserved_port, spawn_app_with, spawn_gateway};
+use common::{TestApp, email, fast_provider, reserved_port, spawn_app_with, spawn_gateway};
+use herald::config::GatewayConfig;
 use herald::domain::Channel;
 use herald::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::net::TcpSocket;
 
 /// Waits until `id` has had `calls` provider calls, or failed.
 async fn wait_for_calls(app: &common::TestApp, id: &str, calls: usize) {
@@ -172,21 +174,39 @@ async fn a_provider_that_never_answers_is_cut_off_by_the_timeout() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
+/// A gateway whose provider is down (nothing listens at its address) until
+/// [`end_outage`] starts one there, with its retry budget and breaker settings.
+async fn gateway_in_an_outage(max_attempts: u32, breaker: (u32, u64)) -> (TestApp, TcpSocket) {
     // Bound now, listening only once the outage ends: until then every call is refused.
     let provider_port = reserved_port();
     let provider_addr = provider_port.local_addr().unwrap();
+    let settings = |c: &mut GatewayConfig| {
+        c.max_attempts = max_attempts;
+        (c.breaker_threshold, c.breaker_cooldown_ms) = breaker;
+    };
     let app = spawn_gateway(
         &format!("http://{provider_addr}"),
         TempDir::new().unwrap(),
-        |c| {
-            c.max_attempts = 2; // an outage must not spend the budget
-            c.breaker_threshold = 2;
-            c.breaker_cooldown_ms = 100;
-        },
+        settings,
     )
     .await;
+    (app, provider_port)
+}
+
+/// Starts the provider, then expects every request sent, each delivered once.
+async fn end_outage(app: &TestApp, provider_port: TcpSocket, ids: &[String]) {
+    let listener = provider_port.listen(1024).unwrap();
+    let provider = Simulator::spawn_on(listener, fast_provider()).unwrap();
+    for id in ids {
+        assert_eq!(app.wait_until_final(id).await, "sent", "{id}");
+        assert_eq!(provider.simulator.deliveries_of(id), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
+    // Two attempts: an outage must not spend the budget.
+    let (app, provider_port) = gateway_in_an_outage(2, (2, 100)).await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         ids.push(app.submit(&email()).await);
@@ -199,13 +219,7 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
             "{id} is {status} during the outage"
         );
     }
-
-    let listener = provider_port.listen(1024).unwrap();
-    let provider = Simulator::spawn_on(listener, fast_provider()).unwrap();
-    for id in &ids {
-        assert_eq!(app.wait_until_final(id).await, "sent");
-        assert_eq!(provider.simulator.deliveries_of(id), 1);
-    }
+    end_outage(&app, provider_port, &ids).await;
     let events = app.events_of(&ids[0]).await;
     assert!(events.iter().any(|e| {
         e["error"]
@@ -215,13 +229,44 @@ async fn an_outage_fails_nothing_and_everything_is_sent_once_it_ends() {
     app.stop().await;
 }
 
+/// Every attempt here is a request's last (`max_attempts = 1`): the failures
+/// that open the breaker must wait to learn they began an outage, not fail.
+#[tokio::test]
+async fn a_last_attempt_when_an_outage_begins_is_not_failed_by_it() {
+    // Three failures open the breaker; its 3 s cool-down is also how long a
+    // failed last attempt waits for the breaker's verdict.
+    let (app, provider_port) = gateway_in_an_outage(1, (3, 3_000)).await;
+    // Created first, then processed back to back: the three failures that
+    // open the breaker come well within one cool-down of each other.
+    let ids = [
+        app.create_ok(&email()).await,
+        app.create_ok(&email()).await,
+        app.create_ok(&email()).await,
+    ];
+    for id in &ids {
+        assert!(app.process(id).await.status().is_success());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let statuses = [
+        app.status_of(&ids[0]).await,
+        app.status_of(&ids[1]).await,
+        app.status_of(&ids[2]).await,
+    ];
+    assert!(
+        !statuses.iter().any(|status| status == "failed"),
+        "failed by the outage: {statuses:?}"
+    );
+    end_outage(&app, provider_port, &ids).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn high_priority_work_queued_later_is_sent_before_normal_work() {
     // First run: one call an hour, so at most one request is leased (the
     // first one due) however long the submits take; the rest stay queued.
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
     let one_call_an_hour = |c: &mut herald::config::GatewayConfig| {
-        c.rate_per_sec = 1.0 / 3_600.0;
+        c.rate_per_sec = Some(1.0 / 3_600.0);
         c.rate_burst = 1;
         c.max_in_flight = 1;
     };

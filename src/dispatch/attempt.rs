@@ -9,7 +9,7 @@ use super::provider::{CallOutcome, ProviderClient};
 use super::retry::RetryPolicy;
 use crate::domain::now_ms;
 use crate::instruments;
-use crate::store::{AttemptReport, Decision, Lease, RateGate, Records, StoreError};
+use crate::store::{AttemptReport, Decision, Lease, RateGate, RateSlot, Records, StoreError};
 
 /// How long to wait before retrying a failed write of an attempt's outcome.
 const RECORD_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -24,22 +24,35 @@ pub struct AttemptContext {
 }
 
 impl AttemptContext {
-    pub async fn run(&self, lease: Lease) {
+    pub async fn run(&self, lease: Lease, slot: RateSlot) {
         // The lease must be on disk before the call: a lease a failed flush
         // lost would otherwise be leased and sent again after the store reopens.
         if let Err(error) = self.records.sync().await {
             tracing::debug!(%error, "lease not durable; returning it unsent");
+            self.gate.not_sent(slot);
             return self.release(&lease).await;
         }
         self.gate
             .until_channel_ready(lease.notification.channel)
             .await;
+        self.gate.sending(&slot);
         let started = Instant::now();
         let outcome = self.provider.send(lease.id, &lease.notification).await;
         let latency = started.elapsed();
 
-        let outage = self.update_health(&outcome);
-        let (decision, report) = decide(&self.retry, &lease, outcome, outage, latency, now_ms());
+        let outage = self.update_health(&outcome, &slot);
+        let mut judged = decide(
+            &self.retry,
+            &lease,
+            outcome.clone(),
+            outage,
+            latency,
+            now_ms(),
+        );
+        if judged.0 == Decision::Failed && !outage && self.outage_followed(&outcome).await {
+            judged = decide(&self.retry, &lease, outcome, true, latency, now_ms());
+        }
+        let (decision, report) = judged;
         tracing::info!(
             attempt = lease.attempt,
             http_status = report.http_status,
@@ -59,12 +72,12 @@ impl AttemptContext {
 
     /// Feeds the outcome to the breaker and the rate gate; returns whether the
     /// provider is in an outage (the breaker is open).
-    fn update_health(&self, outcome: &CallOutcome) -> bool {
+    fn update_health(&self, outcome: &CallOutcome, slot: &RateSlot) -> bool {
         match outcome {
             CallOutcome::Transient { retry_after, .. } if outcome.is_throttled() => {
-                self.gate.throttled(*retry_after);
+                self.gate.throttled(slot, *retry_after);
             }
-            _ => self.gate.relieved(),
+            _ => self.gate.relieved(slot),
         }
         if outcome.is_provider_failure() {
             self.breaker.record_failure()
@@ -72,6 +85,19 @@ impl AttemptContext {
             self.breaker.record_success();
             false
         }
+    }
+
+    /// A provider failure would end the request (its last attempt), but the
+    /// breaker has not opened: whether this failure was the first of an
+    /// outage shows only in what the next calls get. Waits for that, at most
+    /// a breaker cool-down: `true` if the breaker opens first, `false` if
+    /// another call succeeds first (the failure was this request's own) or
+    /// nothing is known by then.
+    async fn outage_followed(&self, outcome: &CallOutcome) -> bool {
+        if !outcome.is_provider_failure() {
+            return false;
+        }
+        self.breaker.opens_before_a_success().await
     }
 
     /// Writes the outcome, retrying until it is durable: the provider has

@@ -1,7 +1,9 @@
 //! The circuit breaker: after a run of consecutive provider failures, stop
 //! calling for a cool-down, then let a single probe decide whether to resume.
 //! While it is open, work waits in the outbox: no failure fails a request
-//! then. (The failures that open it are judged by the retry budget as usual.)
+//! then. The failures that open it are judged by the retry budget as usual,
+//! except one that would end its request: that waits to see whether the
+//! breaker opens before another call succeeds ([`CircuitBreaker::opens_before_a_success`]).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -129,6 +131,26 @@ impl CircuitBreaker {
         !matches!(now, BreakerState::Closed { .. })
     }
 
+    /// Called after a failure was recorded: waits until the next calls tell
+    /// whether it began an outage. `true` once the breaker opens; `false` once
+    /// a call succeeds (the failure was one request's), or when a cool-down
+    /// passes with neither.
+    pub async fn opens_before_a_success(&self) -> bool {
+        let deadline = Instant::now() + self.settings.cooldown;
+        loop {
+            let changed = self.changed.notified();
+            match *self.lock() {
+                BreakerState::Open { .. } | BreakerState::HalfOpen => return true,
+                BreakerState::Closed { failures: 0 } => return false,
+                BreakerState::Closed { .. } => {}
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
     /// Publishes the state for `herald_circuit_breaker_state` and wakes the dispatcher.
     fn changed(&self, state: BreakerState) {
         crate::instruments::circuit_breaker_state(match state {
@@ -181,6 +203,40 @@ mod tests {
         breaker.admitted().await;
         breaker.record_success();
         assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_learns_whether_an_outage_followed_it() {
+        let breaker = std::sync::Arc::new(breaker(3));
+        breaker.record_failure();
+        let watching = breaker.clone();
+        let verdict = tokio::spawn(async move { watching.opens_before_a_success().await });
+        tokio::task::yield_now().await;
+        breaker.record_failure();
+        assert!(!verdict.is_finished(), "two failures are not an outage yet");
+        breaker.record_failure(); // the third opens it
+        assert!(verdict.await.unwrap());
+        assert!(breaker.opens_before_a_success().await, "still open");
+
+        breaker.record_success();
+        breaker.record_failure();
+        let watching = breaker.clone();
+        let verdict = tokio::spawn(async move { watching.opens_before_a_success().await });
+        tokio::task::yield_now().await;
+        breaker.record_success();
+        assert!(
+            !verdict.await.unwrap(),
+            "another call succeeded: its own failure"
+        );
+
+        breaker.record_failure();
+        let started = Instant::now();
+        assert!(!breaker.opens_before_a_success().await, "nothing known");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(30),
+            "waits one cool-down"
+        );
     }
 
     #[tokio::test(start_paused = true)]

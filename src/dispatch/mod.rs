@@ -10,7 +10,6 @@
 
 mod attempt;
 mod breaker;
-mod pacer;
 mod provider;
 mod retry;
 
@@ -25,11 +24,10 @@ use tracing::Instrument;
 
 pub use attempt::decide;
 pub use breaker::{BreakerSettings, BreakerState, CircuitBreaker};
-pub use pacer::{InvalidRate, Pacer, RateSettings};
 pub use provider::{CallOutcome, ProviderClient, ProviderSettings};
 pub use retry::RetryPolicy;
 
-use crate::store::{Backend, Lease, StoreError, WorkSource};
+use crate::store::{Backend, Lease, RateSlot, StoreError, WorkSource};
 use attempt::AttemptContext;
 
 /// How long the loop rests after the store failed, before trying again.
@@ -38,7 +36,6 @@ const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub struct DispatchSettings {
     pub provider: ProviderSettings,
-    pub rate: RateSettings,
     pub retry: RetryPolicy,
     pub breaker: BreakerSettings,
     /// Provider calls in flight at once.
@@ -49,8 +46,6 @@ pub struct DispatchSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("invalid rate limit: {0}")]
-    Rate(#[from] InvalidRate),
     #[error("could not build the provider client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("max in flight must be at least 1")]
@@ -136,18 +131,19 @@ impl Dispatcher {
         };
         self.context.breaker.admitted().await;
         let waiting = std::time::Instant::now();
-        self.context.gate.until_ready().await;
+        let rate_slot = self.context.gate.until_ready().await;
         crate::instruments::rate_limiter_wait(waiting.elapsed());
         let lease = match self.work.next().await {
             Ok(lease) => lease,
             Err(error) => {
+                self.context.gate.not_sent(rate_slot);
                 self.context.breaker.probe_not_sent();
                 return Err(error);
             }
         };
         let span = tracing::info_span!("request", id = %lease.id);
         let context = self.context.clone();
-        attempts.spawn(run_attempt(context, lease, slot).instrument(span));
+        attempts.spawn(run_attempt(context, lease, rate_slot, slot).instrument(span));
         Ok(())
     }
 
@@ -203,6 +199,11 @@ impl Drop for Running<'_> {
     }
 }
 
-async fn run_attempt(context: Arc<AttemptContext>, lease: Lease, _slot: OwnedSemaphorePermit) {
-    context.run(lease).await;
+async fn run_attempt(
+    context: Arc<AttemptContext>,
+    lease: Lease,
+    rate_slot: RateSlot,
+    _slot: OwnedSemaphorePermit,
+) {
+    context.run(lease, rate_slot).await;
 }

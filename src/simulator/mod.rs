@@ -1,6 +1,6 @@
 //! A local stand-in for the external notification provider Herald delivers
 //! to: by default it behaves like the reference provider (50 calls per sliding
-//! 10 s, 50 at once, 100-500 ms each), a [`Profile`] or single flags make it
+//! 10 s, 50 at once, 100-500 ms each, 10% answered 500), a [`Profile`] or single flags make it
 //! misbehave on demand (errors, throttling, stalls, outages), and its ledger
 //! tells tests and drills what it received per request id.
 //!
@@ -94,6 +94,7 @@ impl Simulator {
         Router::new()
             .route("/v1/notify", post(notify::notify))
             .route("/stats", get(stats))
+            .route("/calls", get(calls))
             .route("/stats/{id}", get(id_stats))
             .route("/health", get(|| async {}))
             .with_state(self.clone())
@@ -191,6 +192,12 @@ async fn stats(State(simulator): State<Simulator>) -> Json<SimStats> {
     Json(simulator.stats())
 }
 
+/// Every call received, in arrival order (`at_ms` since the start): where
+/// measurements read how close together the provider counted calls.
+async fn calls(State(simulator): State<Simulator>) -> Json<Vec<ReceivedCall>> {
+    Json(simulator.calls())
+}
+
 async fn id_stats(State(simulator): State<Simulator>, Path(id): Path<String>) -> Json<IdStats> {
     Json(simulator.shared.ledger.id_stats(&id))
 }
@@ -232,6 +239,10 @@ mod tests {
         assert_eq!(stats.delivered, 3);
         assert_eq!(stats.unique_delivered, 2);
         assert_eq!(stats.duplicate_deliveries, 1);
+
+        let calls: Vec<ReceivedCall> = get_json(&client, &format!("{}/calls", running.url())).await;
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[2].id, "once");
 
         let dup: IdStats = get_json(&client, &format!("{}/stats/dup", running.url())).await;
         assert_eq!(dup.calls, 2);

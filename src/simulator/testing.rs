@@ -5,11 +5,13 @@ use serde_json::json;
 
 use super::{RunningSimulator, SimConfig};
 
-/// The reference provider's behaviour minus its latency, so tests run fast.
+/// The reference provider's behaviour minus its latency and its random 500s,
+/// so tests run fast and answer what they script.
 pub(super) fn fast_config() -> SimConfig {
     SimConfig {
         latency_min_ms: 0,
         latency_max_ms: 0,
+        error_rate: 0.0,
         ..SimConfig::default()
     }
 }

@@ -238,20 +238,37 @@ pub trait WorkSource: Send + Sync {
     async fn recover(&self) -> Result<usize, StoreError>;
 }
 
+/// A call the rate gate let through, handed back with what became of it.
+#[derive(Debug)]
+pub struct RateSlot {
+    /// The gate's own number for the call.
+    pub id: u64,
+    /// The call took the last free place of the gate's window: a `429` for
+    /// it means the provider counted calls closer together than the gate did.
+    pub filled_window: bool,
+}
+
 /// The pace of provider calls.
 #[async_trait]
 pub trait RateGate: Send + Sync {
     /// Waits for a slot for the next call, whatever its channel.
-    async fn until_ready(&self);
+    async fn until_ready(&self) -> RateSlot;
 
     /// Waits for the channel's own limit, if it has one.
     async fn until_channel_ready(&self, channel: Channel);
 
-    /// The provider refused a call with `429`, saying when to come back if it did.
-    fn throttled(&self, retry_after: Option<Duration>);
+    /// The slot's call goes out now: the provider counts it from about now.
+    fn sending(&self, slot: &RateSlot);
 
-    /// The provider answered without throttling.
-    fn relieved(&self);
+    /// The slot was not used (no call was made in it).
+    fn not_sent(&self, slot: RateSlot);
+
+    /// The provider refused the slot's call with `429`, saying when to come
+    /// back if it did.
+    fn throttled(&self, slot: &RateSlot, retry_after: Option<Duration>);
+
+    /// The provider answered the slot's call without throttling.
+    fn relieved(&self, slot: &RateSlot);
 }
 
 /// One engine, as the rest of Herald sees it.

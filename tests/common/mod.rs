@@ -35,12 +35,14 @@ pub struct TestApp {
     task: JoinHandle<Result<(), AppError>>,
 }
 
-/// A simulator that answers at once and never throttles, unless a test says otherwise.
+/// A simulator that answers at once, never throttles and never fails, unless
+/// a test says otherwise.
 pub fn fast_provider() -> SimConfig {
     SimConfig {
         window_calls: 1_000_000,
         latency_min_ms: 0,
         latency_max_ms: 0,
+        error_rate: 0.0,
         ..SimConfig::default()
     }
 }
@@ -61,7 +63,7 @@ pub fn test_config(data_dir: &TempDir, provider_url: &str) -> GatewayConfig {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = data_dir.path().to_path_buf();
     config.provider_url = Some(provider_url.to_string().into());
-    config.rate_per_sec = 1_000.0;
+    config.rate_per_sec = Some(1_000.0);
     config.rate_burst = 100;
     config.retry_base_ms = 20;
     config.retry_max_delay_ms = 200;

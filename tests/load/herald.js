@@ -18,8 +18,8 @@
 //
 // Scenarios (env SCENARIO, default `steady`):
 //   steady   constant arrival rate below the provider's capacity (the reference
-//            provider admits 50 calls per sliding 10 s; Herald paces itself at
-//            4.8 calls/s): every request must be sent.
+//            provider admits 50 calls per sliding 10 s, and so does Herald's
+//            default pace): every request must be sent.
 //   ramp     arrival rate ramping well above that capacity: Herald must keep
 //            answering fast while its backlog grows. Requests that do not
 //            settle within the polling bound are expected; they are reported,

@@ -1,6 +1,6 @@
 //! The embedded engine: the durable outbox in one sled database, the only
 //! code that knows sled. It implements [`Records`] and [`WorkSource`] for one
-//! process; `rate.rs` is its [`RateGate`](crate::store::RateGate).
+//! process; `pacing/` is its [`RateGate`](crate::store::RateGate).
 //!
 //! Trees:
 //! - `requests`: request id → [`RequestRecord`];
@@ -39,6 +39,7 @@ mod integrity;
 mod keys;
 mod open;
 mod owners;
+pub mod pacing;
 mod pending;
 mod reads;
 mod reopen;
