@@ -32,9 +32,6 @@ impl AttemptContext {
             self.gate.not_sent(slot);
             return self.release(&lease).await;
         }
-        self.gate
-            .until_channel_ready(lease.notification.channel)
-            .await;
         self.gate.sending(&slot);
         let started = Instant::now();
         let outcome = self.provider.send(lease.id, &lease.notification).await;

@@ -133,7 +133,9 @@ impl Dispatcher {
         let waiting = std::time::Instant::now();
         let rate_slot = self.context.gate.until_ready().await;
         crate::instruments::rate_limiter_wait(waiting.elapsed());
-        let lease = match self.work.next().await {
+        let gate = &self.context.gate;
+        let admits = |channel| gate.channel_wait(channel);
+        let lease = match self.work.next(&admits).await {
             Ok(lease) => lease,
             Err(error) => {
                 self.context.gate.not_sent(rate_slot);
@@ -141,6 +143,7 @@ impl Dispatcher {
                 return Err(error);
             }
         };
+        gate.take_channel(lease.notification.channel);
         let span = tracing::info_span!("request", id = %lease.id);
         let context = self.context.clone();
         attempts.spawn(run_attempt(context, lease, rate_slot, slot).instrument(span));

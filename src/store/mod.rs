@@ -225,13 +225,21 @@ pub trait Records: Send + Sync {
     async fn close(&self) -> Result<(), StoreError>;
 }
 
+/// Which channels may have a call now: for each, how long its own limit
+/// keeps the next call waiting (`None`: it may go now). The work source
+/// leases only from channels it lets through, so a throttled channel holds
+/// no slot and delays no other channel.
+pub type ChannelAdmission<'a> = &'a (dyn Fn(Channel) -> Option<Duration> + Sync);
+
 /// Due deliveries, one lease at a time.
 #[async_trait]
 pub trait WorkSource: Send + Sync {
-    /// Waits until a delivery is due (or new work arrives), then leases the
-    /// most urgent one to this instance: highest priority first, then the
-    /// one due first. The lease is durable once [`Records::sync`] returns.
-    async fn next(&self) -> Result<Lease, StoreError>;
+    /// Waits until a delivery is due in a channel `admits` lets through (or
+    /// new work arrives, or a channel frees up), then leases the most urgent
+    /// one to this instance: highest priority first, then the request that
+    /// asked for delivery first, retries included once their backoff has
+    /// passed. The lease is durable once [`Records::sync`] returns.
+    async fn next(&self, admits: ChannelAdmission<'_>) -> Result<Lease, StoreError>;
 
     /// Takes back the leases no running attempt holds: those this instance
     /// abandoned (a shutdown past its grace), and any whose owner is gone.
@@ -254,8 +262,13 @@ pub trait RateGate: Send + Sync {
     /// Waits for a slot for the next call, whatever its channel.
     async fn until_ready(&self) -> RateSlot;
 
-    /// Waits for the channel's own limit, if it has one.
-    async fn until_channel_ready(&self, channel: Channel);
+    /// How long the channel's own limit (if it has one) keeps its next call
+    /// waiting; `None` when it may go now.
+    fn channel_wait(&self, channel: Channel) -> Option<Duration>;
+
+    /// Takes the channel's next place: a lease of that channel was made
+    /// after [`RateGate::channel_wait`] said it was free.
+    fn take_channel(&self, channel: Channel);
 
     /// The slot's call goes out now: the provider counts it from about now.
     fn sending(&self, slot: &RateSlot);

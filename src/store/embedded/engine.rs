@@ -23,6 +23,7 @@ pub struct Engine {
     pub events: Tree,
     pub idempotency: Tree,
     pub owners: Tree,
+    pub delayed: Tree,
     pub meta: Tree,
     pub commit: GroupCommit,
     /// Declared last, so it is dropped last: once it says so, sled's handles
@@ -45,7 +46,7 @@ impl Drop for ReleaseSignal {
 pub struct Opened {
     pub db: sled::Db,
     pub path: std::path::PathBuf,
-    trees: [Tree; 7],
+    trees: [Tree; 8],
 }
 
 impl Opened {
@@ -68,6 +69,7 @@ impl Opened {
             tree("idempotency")?,
             tree("meta")?,
             tree("owners")?,
+            tree("delayed")?,
         ];
         Ok(Self {
             db,
@@ -92,11 +94,24 @@ impl Opened {
         &self.trees[2]
     }
 
+    pub fn delayed(&self) -> &Tree {
+        &self.trees[7]
+    }
+
     /// The engine, with the group commit that flushes it. Dropping the engine
     /// (its last `Arc`) resolves the returned receiver.
     pub fn into_engine(self, commit: GroupCommit) -> (Engine, oneshot::Receiver<()>) {
         let (released, on_release) = oneshot::channel();
-        let [requests, outbox, leases, events, idempotency, meta, owners] = self.trees;
+        let [
+            requests,
+            outbox,
+            leases,
+            events,
+            idempotency,
+            meta,
+            owners,
+            delayed,
+        ] = self.trees;
         let engine = Engine {
             requests,
             outbox,
@@ -104,6 +119,7 @@ impl Opened {
             events,
             idempotency,
             owners,
+            delayed,
             meta,
             commit,
             _released: ReleaseSignal(Some(released)),

@@ -204,6 +204,7 @@ fn check_work(opened: &Opened, report: &mut CheckReport) {
         .iter()
         .keys()
         .map(|k| ("outbox", k))
+        .chain(opened.delayed().iter().values().map(|v| ("delayed", v)))
         .chain(opened.leases().iter().values().map(|v| ("leases", v)));
     for (tree, entry) in entries {
         let decoded = entry

@@ -4,7 +4,8 @@
 //!
 //! Trees:
 //! - `requests`: request id → [`RequestRecord`];
-//! - `outbox`: [`OutboxKey`] (priority, due time, id) → nothing; work waiting for the dispatcher;
+//! - `outbox`: [`OutboxKey`] (priority, channel, time delivery was asked, id) → nothing; work that may go now;
+//! - `delayed`: (due time, id) → the outbox key it takes once due; retries in their backoff;
 //! - `leases`: request id → the outbox key it was leased from, with the
 //!   lease's deadline and owner (`keys.rs`); work an attempt is running on;
 //! - `events`: (request id, sequence) → [`Event`]; the append-only history;

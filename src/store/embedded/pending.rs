@@ -19,7 +19,6 @@ use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::StoreError;
-use super::reads::decode_outbox_key;
 use super::writes::TxResult;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -73,17 +72,28 @@ pub fn load(meta: &Tree) -> Result<[u64; 3], StoreError> {
     Ok(counts)
 }
 
-/// Counts by scanning the outbox and the leases: how an upgrade from a format
-/// without persisted counts starts them.
-pub fn count_by_scan(outbox: &Tree, leases: &Tree) -> Result<[u64; 3], StoreError> {
+/// Counts by scanning the outbox, the delayed entries and the leases: how an
+/// upgrade from a format without persisted counts starts them, and what the
+/// tests compare the counts with. Every format's outbox key, and the outbox
+/// key a delayed entry or a lease holds, starts with the priority's rank.
+pub fn count_by_scan(outbox: &Tree, delayed: &Tree, leases: &Tree) -> Result<[u64; 3], StoreError> {
     let mut counts = [0u64; 3];
-    for key in outbox.iter().keys() {
-        let key = decode_outbox_key(&key?)?;
-        counts[usize::from(key.rank)] += 1;
-    }
-    for lease in leases.iter().values() {
-        let key = super::reads::decode_lease(&lease?)?.leased_from;
-        counts[usize::from(key.rank)] += 1;
+    let ranks = outbox
+        .iter()
+        .keys()
+        .chain(delayed.iter().values())
+        .chain(leases.iter().values());
+    for entry in ranks {
+        let entry = entry?;
+        match entry.first() {
+            Some(&rank) if usize::from(rank) < counts.len() => counts[usize::from(rank)] += 1,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "an outbox entry of {} bytes",
+                    entry.len()
+                )));
+            }
+        }
     }
     Ok(counts)
 }

@@ -60,22 +60,51 @@ impl EmbeddedStore {
         }
     }
 
-    /// When the earliest outbox entry falls due, whatever its priority.
+    /// When the earliest waiting entry falls due, whatever its priority:
+    /// an entry of the outbox is due since it asked for delivery; a delayed
+    /// one (a retry in its backoff) at its due time.
     pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
         let engine = self.engine()?;
-        let mut earliest = None;
-        for rank in rank_range() {
-            if let Some(key) = engine.outbox.scan_prefix([rank]).keys().next() {
-                let key = decode_outbox_key(&key.map_err(|e| self.sled_failed(e))?)?;
-                earliest = Some(earliest.map_or(key.due_ms, |due: u64| due.min(key.due_ms)));
-            }
+        let mut earliest = self.next_delayed_ms(&engine)?;
+        for head in self.ready_heads(&engine)? {
+            earliest = Some(earliest.map_or(head.order_ms, |due: u64| due.min(head.order_ms)));
         }
         Ok(earliest)
     }
-}
 
-pub(super) fn rank_range() -> impl Iterator<Item = u8> {
-    Priority::ALL.iter().map(|p| p.rank())
+    /// The first outbox entry of each priority and channel, most urgent
+    /// priority first.
+    pub(super) fn ready_heads(
+        &self,
+        engine: &super::engine::Engine,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let mut heads = Vec::new();
+        for &priority in Priority::ALL {
+            for &channel in crate::domain::Channel::ALL {
+                let prefix = OutboxKey::prefix(priority, channel);
+                if let Some(key) = engine.outbox.scan_prefix(prefix).keys().next() {
+                    heads.push(decode_outbox_key(&key.map_err(|e| self.sled_failed(e))?)?);
+                }
+            }
+        }
+        Ok(heads)
+    }
+
+    /// When the earliest delayed entry falls due.
+    pub(super) fn next_delayed_ms(
+        &self,
+        engine: &super::engine::Engine,
+    ) -> Result<Option<u64>, StoreError> {
+        match engine.delayed.iter().keys().next() {
+            None => Ok(None),
+            Some(key) => {
+                let key = key.map_err(|e| self.sled_failed(e))?;
+                keys::delayed_due_ms(&key).map(Some).ok_or_else(|| {
+                    StoreError::Corrupt(format!("a delayed key of {} bytes", key.len()))
+                })
+            }
+        }
+    }
 }
 
 pub(super) fn decode_outbox_key(bytes: &[u8]) -> Result<OutboxKey, StoreError> {

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 use super::EmbeddedStore;
 use crate::domain::{Notification, RequestId, Status};
 use crate::store::{
-    AttemptReport, CreateOutcome, Decision, Event, Lease, ProcessOutcome, PurgeBatch, Records,
-    RequestRecord, StorageState, StoreError, WorkSource,
+    AttemptReport, ChannelAdmission, CreateOutcome, Decision, Event, Lease, ProcessOutcome,
+    PurgeBatch, Records, RequestRecord, StorageState, StoreError, WorkSource,
 };
 
 #[async_trait]
@@ -105,8 +105,8 @@ impl Records for EmbeddedStore {
 
 #[async_trait]
 impl WorkSource for EmbeddedStore {
-    async fn next(&self) -> Result<Lease, StoreError> {
-        self.next_lease().await
+    async fn next(&self, admits: ChannelAdmission<'_>) -> Result<Lease, StoreError> {
+        self.next_lease(admits).await
     }
 
     /// Every lease: in one process, a lease no attempt holds was abandoned

@@ -151,7 +151,8 @@ impl EmbeddedStore {
                 return Ok((outcome, record.notification.priority));
             }
             record.process_requested_at_ms = Some(now);
-            let key = OutboxKey::new(record.notification.priority, now, id);
+            let notification = &record.notification;
+            let key = OutboxKey::new(notification.priority, notification.channel, now, id);
             outbox.insert(&key.encode(), &b""[..])?;
             pending::adjust(meta, record.notification.priority, 1)?;
             // Its `process_requested` event is the record's
@@ -173,30 +174,12 @@ impl EmbeddedStore {
         Ok(outcome.0)
     }
 
-    /// Takes the most urgent due entry out of the outbox and leases it: highest
-    /// priority first, then earliest due. The request becomes `processing`.
-    /// The lease is not yet durable: await [`EmbeddedStore::durable`] before calling
-    /// the provider, so that a lease a failed flush lost was never sent.
-    pub fn lease_next_due(&self, now_ms: u64) -> Result<Option<Lease>, StoreError> {
-        let engine = self.engine()?;
-        for rank in super::reads::rank_range() {
-            loop {
-                let next = engine
-                    .outbox
-                    .range(OutboxKey::due_range(rank, now_ms))
-                    .next();
-                let Some(entry) = next else { break };
-                let (key_bytes, _) = entry.map_err(|e| self.sled_failed(e))?;
-                let key = super::reads::decode_outbox_key(&key_bytes)?;
-                if let Some(lease) = self.lease(&engine, key)? {
-                    return Ok(Some(lease));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    fn lease(&self, engine: &Engine, key: OutboxKey) -> Result<Option<Lease>, StoreError> {
+    /// Leases the entry at `key`, if it is still in the outbox.
+    pub(super) fn lease(
+        &self,
+        engine: &Engine,
+        key: OutboxKey,
+    ) -> Result<Option<Lease>, StoreError> {
         let now = now_ms();
         let key_bytes = key.encode();
         let priority = key.priority();
@@ -269,8 +252,15 @@ impl EmbeddedStore {
         let now = now_ms();
         report.next_attempt_at_ms = decision.next_attempt_at_ms();
         let priority = lease.notification.priority;
-        let trees = attempt_trees(&engine);
-        let status = trees.transaction(|(leases, outbox, requests, events, meta)| {
+        let trees = (
+            &engine.leases,
+            &engine.outbox,
+            &engine.requests,
+            &engine.events,
+            &engine.meta,
+            &engine.delayed,
+        );
+        let status = trees.transaction(|(leases, outbox, requests, events, meta, delayed)| {
             if leases.remove(lease.id.as_bytes())?.is_none() {
                 // Recovered meanwhile: the request is back in the outbox and
                 // its next attempt records the outcome.
@@ -288,8 +278,21 @@ impl EmbeddedStore {
                     pending::adjust(meta, priority, -1)?;
                 }
                 Decision::RetryAt { due_ms } | Decision::Deferred { due_ms } => {
-                    let key = OutboxKey::new(record.notification.priority, due_ms, lease.id);
-                    outbox.insert(&key.encode(), &b""[..])?;
+                    // It keeps its place in line: once due, it goes before
+                    // everything that asked for delivery after it.
+                    let order_ms = record.process_requested_at_ms.unwrap_or(now);
+                    let notification = &record.notification;
+                    let key = OutboxKey::new(
+                        notification.priority,
+                        notification.channel,
+                        order_ms,
+                        lease.id,
+                    );
+                    if due_ms <= now {
+                        outbox.insert(&key.encode(), &b""[..])?;
+                    } else {
+                        delayed.insert(&keys::delayed_key(due_ms, lease.id), &key.encode()[..])?;
+                    }
                     record.next_attempt_at_ms = Some(due_ms);
                 }
             }
@@ -390,11 +393,8 @@ impl EmbeddedStore {
                     return Ok(Some((priority, false)));
                 };
                 let mut record: RequestRecord = decode(&bytes).map_err(abort_with)?;
-                let key = OutboxKey {
-                    due_ms: now,
-                    ..leased_from
-                };
-                outbox.insert(&key.encode(), &b""[..])?;
+                // Back in its place in line, due now.
+                outbox.insert(&leased_from.encode(), &b""[..])?;
                 if released {
                     record.attempts = record.attempts.saturating_sub(1);
                 }
@@ -789,8 +789,12 @@ mod tests {
         assert_eq!(store.recovered_at_open(), 1);
         assert_eq!(store.pending(), 2);
         let persisted = pending::load(&engine(&store).meta).unwrap();
-        let scanned =
-            pending::count_by_scan(&engine(&store).outbox, &engine(&store).leases).unwrap();
+        let scanned = pending::count_by_scan(
+            &engine(&store).outbox,
+            &engine(&store).delayed,
+            &engine(&store).leases,
+        )
+        .unwrap();
         assert_eq!(persisted, scanned);
         assert_eq!(persisted.iter().sum::<u64>(), 2);
     }

@@ -14,13 +14,12 @@
 //! does that), and gives its slot back: the provider did not count it.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
+mod channel;
 mod learned;
 #[cfg(test)]
 mod model;
@@ -34,6 +33,7 @@ pub use rate_limit::{InvalidRate, REFERENCE_LIMIT, RateLimit};
 
 use crate::domain::Channel;
 use crate::store::{RateGate, RateSlot as Slot};
+use channel::ChannelPace;
 use learned::LearnedLimit;
 use throttle::{ThrottleJudge, Verdict};
 use window::{CallId, SlidingLog};
@@ -106,7 +106,7 @@ impl State {
 }
 
 pub struct Pacer {
-    per_channel: HashMap<Channel, DefaultDirectRateLimiter>,
+    per_channel: HashMap<Channel, ChannelPace>,
     /// The configured limit's calls per window.
     calls: u32,
     state: Mutex<State>,
@@ -123,7 +123,7 @@ impl Pacer {
         let mut per_channel = HashMap::new();
         for (channel, rate) in channel_rates {
             if let Some(rate) = rate {
-                per_channel.insert(channel, channel_limiter(rate)?);
+                per_channel.insert(channel, ChannelPace::new(rate)?);
             }
         }
         Ok(Self {
@@ -151,10 +151,15 @@ impl Pacer {
         }
     }
 
-    /// Waits for the channel's own limiter, if it has one.
-    pub async fn until_channel_ready(&self, channel: Channel) {
-        if let Some(limiter) = self.per_channel.get(&channel) {
-            limiter.until_ready().await;
+    /// How long the channel's own limit keeps its next call waiting.
+    pub fn channel_wait(&self, channel: Channel) -> Option<Duration> {
+        self.per_channel.get(&channel).and_then(ChannelPace::wait)
+    }
+
+    /// A call of `channel` was leased.
+    pub fn take_channel(&self, channel: Channel) {
+        if let Some(pace) = self.per_channel.get(&channel) {
+            pace.take();
         }
     }
 
@@ -228,8 +233,12 @@ impl RateGate for Pacer {
         Pacer::until_ready(self).await
     }
 
-    async fn until_channel_ready(&self, channel: Channel) {
-        Pacer::until_channel_ready(self, channel).await
+    fn channel_wait(&self, channel: Channel) -> Option<Duration> {
+        Pacer::channel_wait(self, channel)
+    }
+
+    fn take_channel(&self, channel: Channel) {
+        Pacer::take_channel(self, channel)
     }
 
     fn sending(&self, slot: &Slot) {
@@ -247,16 +256,6 @@ impl RateGate for Pacer {
     fn relieved(&self, slot: &Slot) {
         Pacer::relieved(self, slot)
     }
-}
-
-/// A per-channel limit: `per_sec` calls a second, one at a time.
-fn channel_limiter(per_sec: f64) -> Result<DefaultDirectRateLimiter, InvalidRate> {
-    if !(per_sec.is_finite() && per_sec > 0.0) {
-        return Err(InvalidRate::PerSecond(per_sec));
-    }
-    let period = Duration::from_secs_f64(1.0 / per_sec);
-    let quota = Quota::with_period(period).ok_or(InvalidRate::PerSecond(per_sec))?;
-    Ok(RateLimiter::direct(quota.allow_burst(NonZeroU32::MIN)))
 }
 
 #[cfg(test)]
