@@ -29,6 +29,7 @@
 //! brings the store back after a write failed, `inspect.rs` is `herald check`
 //! and `herald export`, `seam.rs` is the trait implementations.
 
+mod attempts;
 mod codec;
 mod commit;
 mod datadir;
