@@ -117,6 +117,10 @@ challenge() {
       hammer-paced) challenge_hammer hammer_paced "$HAMMER_PACE" ;;
       *) die "unknown gateway $gateway" ;;
     esac
+    # Each gateway's run ends with its processes: the next one has the
+    # machine to itself, and the final `wait` waits only for the side parts.
+    stop_started
+    pids=()
   done
 }
 
