@@ -312,7 +312,7 @@ def one(args):
         out.append(
             f"- provider 2xx per second while Herald had work: mean {mean_rate:.2f}"
             + ("" if sat_rate is None else f", saturated (backlog ≥ 20) {sat_rate:.2f}")
-            + f", best 10 s window {best10:.2f}; provider capacity {args.capacity}, Herald's pace 4.8 calls/s by default"
+            + f", best 10 s window {best10:.2f}; provider capacity {args.capacity}, Herald's limit 50 per sliding 10 s by default (--rate-limit)"
         )
     if calls_per10 is not None:
         out.append(f"- provider calls admitted (not 429) in the busiest 10 s: {calls_per10:.0f}")
