@@ -37,19 +37,10 @@ use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
     criterion_main,
 };
-use herald::store::embedded::{EmbeddedStore as Store, StoreOptions};
+use herald::store::embedded::{EmbeddedStore as Store, StoreOptions, TREES};
 use tempfile::TempDir;
 
 use common::{beat, build_recovery_fixture, copy_dir, runtime, start_watchdog};
-
-const TREES: [&str; 6] = [
-    "requests",
-    "outbox",
-    "leases",
-    "events",
-    "idempotency",
-    "meta",
-];
 
 /// The sources that decide what a data directory holds; a change rebuilds the fixtures.
 const LAYOUT_SOURCES: [&str; 9] = [

@@ -42,10 +42,24 @@ impl Drop for ReleaseSignal {
     }
 }
 
+/// Herald's sled trees, in the order [`Opened`] keeps them: anything else in
+/// a database is another program's.
+pub const TREES: [&str; 8] = [
+    "requests",
+    "outbox",
+    "leases",
+    "events",
+    "idempotency",
+    "meta",
+    "owners",
+    "delayed",
+];
+
 /// The sled database of a directory, before its group commit starts.
 pub struct Opened {
     pub db: sled::Db,
     pub path: std::path::PathBuf,
+    /// One per name of [`TREES`], in its order.
     trees: [Tree; 8],
 }
 
@@ -61,15 +75,25 @@ impl Opened {
             db.open_tree(name)
                 .map_err(|error| opening_error(path, error))
         };
+        let [
+            requests,
+            outbox,
+            leases,
+            events,
+            idempotency,
+            meta,
+            owners,
+            delayed,
+        ] = TREES;
         let trees = [
-            tree("requests")?,
-            tree("outbox")?,
-            tree("leases")?,
-            tree("events")?,
-            tree("idempotency")?,
-            tree("meta")?,
-            tree("owners")?,
-            tree("delayed")?,
+            tree(requests)?,
+            tree(outbox)?,
+            tree(leases)?,
+            tree(events)?,
+            tree(idempotency)?,
+            tree(meta)?,
+            tree(owners)?,
+            tree(delayed)?,
         ];
         Ok(Self {
             db,

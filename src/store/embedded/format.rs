@@ -16,7 +16,7 @@
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::engine::Opened;
+use super::engine::{Opened, TREES};
 use super::keys::{self, LeaseEntry, OutboxKey};
 use super::{RequestRecord, StoreError, decode, pending};
 use crate::domain::{RequestId, now_ms};
@@ -60,19 +60,9 @@ pub(super) fn check_or_upgrade(trees: &Opened) -> Result<(), StoreError> {
 /// A database with no format version is new, unless it holds something:
 /// then another program wrote it.
 fn refuse_foreign(trees: &Opened) -> Result<(), StoreError> {
-    let ours = [
-        "requests",
-        "outbox",
-        "leases",
-        "events",
-        "idempotency",
-        "meta",
-        "owners",
-        "delayed",
-    ];
     let mut others = trees.db.tree_names().into_iter().filter(|name| {
         name.as_ref() != b"__sled__default"
-            && !ours.iter().any(|ours| name.as_ref() == ours.as_bytes())
+            && !TREES.iter().any(|ours| name.as_ref() == ours.as_bytes())
     });
     let holds_data =
         !trees.db.is_empty() || !trees.requests().is_empty() || others.next().is_some();

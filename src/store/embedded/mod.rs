@@ -59,6 +59,7 @@ use tokio::sync::Notify;
 pub use codec::{CodecError, RECORD_VERSION, decode, encode};
 pub use commit::FlushStats;
 pub use datadir::DataDirError;
+pub use engine::TREES;
 pub use inspect::{CheckReport, ExportLine, check, export};
 pub use keys::OutboxKey;
 
