@@ -336,6 +336,37 @@ async fn a_replay_of_a_stored_but_unprocessed_create_asks_for_delivery() {
 }
 
 #[tokio::test]
+async fn a_full_outbox_refuses_a_notification_but_answers_its_replay() {
+    // A provider slower than the call timeout keeps the first one undelivered.
+    let provider = SimConfig {
+        latency_min_ms: 5_000,
+        latency_max_ms: 5_000,
+        ..fast_provider()
+    };
+    let app = spawn_app_with(provider, |c| {
+        c.outbox_limit = 1;
+        c.shutdown_grace_ms = 100;
+    })
+    .await;
+    let path = "/api/v1/notifications";
+    let first = post(&app, path, &notification(), None, Some("first")).await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["notification_id"].clone();
+
+    let other = json!({"to": "other@example.com", "message": "hi", "type": "sms"});
+    let refused = post(&app, path, &other, None, None).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_code(&refused.json().await.unwrap()), "outbox_full");
+
+    let replay = post(&app, path, &notification(), None, Some("first")).await;
+    assert_eq!(replay.status(), 202, "an answer already given");
+    assert_eq!(replay.json::<Value>().await.unwrap()["notification_id"], id);
+    assert_eq!(app.records.request_count().await.unwrap(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_notification_the_provider_refuses_ends_failed() {
     let provider = SimConfig {
         error_rate: 1.0,
