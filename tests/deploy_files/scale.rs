@@ -258,6 +258,13 @@ fn scale_entry_proxy_spreads_calls_over_all_three_nodes() {
     let nodes: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
     assert_eq!(servers, nodes, "{config} names every node on Herald's port");
     assert_eq!(find("proxy_pass")[0][1], format!("http://{upstream}"));
+    // A POST that reached a node is never sent to another one as well.
+    let next = find("proxy_next_upstream");
+    assert!(
+        next.iter()
+            .all(|s| !s.iter().any(|w| w == "non_idempotent")),
+        "{next:?}"
+    );
 
     let listen = &find("listen")[0][1];
     let published = strings(&entry["ports"], "ports");
