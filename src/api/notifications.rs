@@ -139,7 +139,179 @@ pub async fn status(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::{Value, json};
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::api::{ApiLimits, router};
+    use crate::config::GatewayConfig;
+    use crate::dispatch::Dispatcher;
+    use crate::domain::{Notification, RequestId};
+    use crate::keys::Keys;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::embedded::pacing::Pacer;
+    use crate::store::{
+        AttemptReport, Backend, CreateOutcome, Decision, Event, Lease, PurgeBatch, Records,
+        RequestRecord, StorageState, StoreError,
+    };
+
+    /// The embedded store, but its first `request_processing` fails as a
+    /// store out of reach would: after the create, before the process.
+    struct ProcessFailsOnce {
+        store: Arc<EmbeddedStore>,
+        failed: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Records for ProcessFailsOnce {
+        async fn create(
+            &self,
+            notification: Notification,
+            key: Option<&str>,
+            owner: Option<&str>,
+        ) -> Result<CreateOutcome, StoreError> {
+            Records::create(&*self.store, notification, key, owner).await
+        }
+        async fn owner_of(&self, id: RequestId) -> Result<Option<String>, StoreError> {
+            Records::owner_of(&*self.store, id).await
+        }
+        async fn replay_of(
+            &self,
+            key: &str,
+            notification: &Notification,
+        ) -> Result<Option<RequestId>, StoreError> {
+            Records::replay_of(&*self.store, key, notification).await
+        }
+        async fn request_processing(&self, id: RequestId) -> Result<ProcessOutcome, StoreError> {
+            if !self.failed.swap(true, Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("injected: out of reach".into()));
+            }
+            Records::request_processing(&*self.store, id).await
+        }
+        async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
+            Records::get(&*self.store, id).await
+        }
+        async fn events(&self, id: RequestId) -> Result<Option<Vec<Event>>, StoreError> {
+            Records::events(&*self.store, id).await
+        }
+        async fn request_count(&self) -> Result<u64, StoreError> {
+            Records::request_count(&*self.store).await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            Records::sync(&*self.store).await
+        }
+        async fn finish_attempt(
+            &self,
+            lease: &Lease,
+            report: AttemptReport,
+            decision: Decision,
+        ) -> Result<Status, StoreError> {
+            Records::finish_attempt(&*self.store, lease, report, decision).await
+        }
+        async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+            Records::release_lease(&*self.store, lease).await
+        }
+        async fn purge_final_before(
+            &self,
+            cutoff_ms: u64,
+            resume_after: Option<RequestId>,
+            limit: usize,
+        ) -> Result<PurgeBatch, StoreError> {
+            Records::purge_final_before(&*self.store, cutoff_ms, resume_after, limit).await
+        }
+        async fn purge_idempotency_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+            Records::purge_idempotency_before(&*self.store, cutoff_ms).await
+        }
+        fn pending(&self) -> u64 {
+            Records::pending(&*self.store)
+        }
+        fn storage_state(&self) -> StorageState {
+            Records::storage_state(&*self.store)
+        }
+        async fn maintain(&self, shutdown: CancellationToken) {
+            Records::maintain(&*self.store, shutdown).await
+        }
+        async fn close(&self) -> Result<(), StoreError> {
+            Records::close(&*self.store).await
+        }
+    }
+
+    /// The API alone (no dispatcher runs: nothing is delivered) on a
+    /// loopback port, over `records`.
+    async fn serve(records: Arc<ProcessFailsOnce>) -> String {
+        let config = GatewayConfig::defaults();
+        let backend = Backend {
+            records: records.clone(),
+            work: records.store.clone(),
+            gate: Arc::new(Pacer::new(&config.rate_settings()).unwrap()),
+        };
+        let (_, dispatcher) = Dispatcher::new(&backend, &config.dispatch_settings()).unwrap();
+        let state = AppState {
+            records,
+            dispatcher,
+            limits: ApiLimits {
+                max_body_bytes: 65_536,
+                outbox_limit: 100,
+            },
+            metrics: crate::instruments::install().unwrap(),
+            keys: Arc::new(Keys::none()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        format!("http://{address}/api/v1/notifications")
+    }
+
+    #[tokio::test]
+    async fn a_retry_with_the_key_asks_for_the_delivery_a_failed_process_did_not() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let records = Arc::new(ProcessFailsOnce {
+            store: store.clone(),
+            failed: AtomicBool::new(false),
+        });
+        let url = serve(records).await;
+        let body = json!({"to": "a@b.c", "message": "hi", "channel": "sms"});
+        let send = || {
+            reqwest::Client::new()
+                .post(&url)
+                .header("idempotency-key", "reset-1")
+                .json(&body)
+                .send()
+        };
+
+        let failed = send().await.unwrap();
+        assert_eq!(failed.status(), 503);
+        assert!(failed.headers().contains_key("retry-after"));
+        let answer: Value = failed.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "storage_unavailable");
+        assert_eq!(Records::request_count(&*store).await.unwrap(), 1, "stored");
+        assert_eq!(Records::pending(&*store), 0, "not asked for delivery");
+
+        let retried = send().await.unwrap();
+        assert_eq!(retried.status(), 202);
+        assert_eq!(retried.headers()["idempotent-replayed"], "true");
+        let answer: Value = retried.json().await.unwrap();
+        assert_eq!(answer["status"], "QUEUED");
+        let id: RequestId = answer["notification_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            Records::request_count(&*store).await.unwrap(),
+            1,
+            "one request"
+        );
+        assert_eq!(Records::pending(&*store), 1, "asked for delivery now");
+        let events = Records::events(&*store, id).await.unwrap().unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.kind, crate::store::EventKind::ProcessRequested)),
+            "{events:?}"
+        );
+    }
 
     #[test]
     fn statuses_take_the_founding_documents_names() {
