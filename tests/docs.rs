@@ -26,6 +26,8 @@ async fn openapi_json_is_a_valid_document_with_every_contract_route() {
         ("/v1/requests/{id}/process", "post", "202"),
         ("/v1/requests/{id}", "get", "200"),
         ("/v1/requests/{id}/events", "get", "200"),
+        ("/api/v1/notifications", "post", "202"),
+        ("/api/v1/notifications/{id}", "get", "200"),
         ("/health", "get", "200"),
         ("/ready", "get", "200"),
         ("/metrics", "get", "200"),
@@ -42,6 +44,7 @@ async fn openapi_json_is_a_valid_document_with_every_contract_route() {
         "/v1/requests/{id}",
         "/v1/requests/{id}/process",
         "/v1/requests/{id}/events",
+        "/api/v1/notifications/{id}",
     ] {
         let method = if path.ends_with("process") {
             "post"
@@ -91,6 +94,15 @@ async fn openapi_json_is_a_valid_document_with_every_contract_route() {
         required.retain(|field| ["id", "status"].contains(field));
         assert_eq!(required.len(), 2, "{view} requires id and status");
     }
+    assert_eq!(
+        schemas["NotificationStatus"]["enum"],
+        serde_json::json!(["QUEUED", "PROCESSING", "DELIVERED", "FAILED"])
+    );
+    let notification = &schemas["NotificationView"]["required"];
+    assert_eq!(
+        notification,
+        &serde_json::json!(["notification_id", "status"])
+    );
     assert!(schemas["ErrorBody"]["properties"]["error"].is_object());
     app.stop().await;
 }
@@ -138,38 +150,63 @@ async fn the_docs_page_loads_only_assets_herald_serves() {
 async fn openapi_json_states_the_rules_the_server_enforces() {
     let app = spawn_app().await;
     let document: Value = app.get("/openapi.json").await.json().await.unwrap();
-    let properties = &document["components"]["schemas"]["NewRequest"]["properties"];
-    for (field, max) in [("to", 512), ("message", 10_000)] {
-        assert_eq!(properties[field]["minLength"], 1, "{field}");
-        assert_eq!(properties[field]["maxLength"], max, "{field}");
-        let pattern = properties[field]["pattern"].as_str().unwrap();
-        assert!(
-            pattern.starts_with("[^\\u0009"),
-            "{field}: not all whitespace: {pattern}"
+    for schema in ["NewRequest", "NewNotification"] {
+        let properties = &document["components"]["schemas"][schema]["properties"];
+        for (field, max) in [("to", 512), ("message", 10_000)] {
+            assert_eq!(properties[field]["minLength"], 1, "{schema}.{field}");
+            assert_eq!(properties[field]["maxLength"], max, "{schema}.{field}");
+            let pattern = properties[field]["pattern"].as_str().unwrap();
+            assert!(
+                pattern.starts_with("[^\\u0009"),
+                "{schema}.{field}: not all whitespace: {pattern}"
+            );
+        }
+        let invisible = properties["to"]["not"]["pattern"].as_str().unwrap();
+        for (what, escaped) in [
+            ("control", "\\u0000-\\u001F"),
+            ("bidi override", "\\u202A-\\u202E"),
+            ("zero-width", "\\u200B-\\u200F"),
+        ] {
+            assert!(
+                invisible.contains(escaped),
+                "{schema}: `to` refuses {what}: {invisible}"
+            );
+        }
+    }
+    for path in ["/v1/requests", "/api/v1/notifications"] {
+        let parameters = document["paths"][path]["post"]["parameters"]
+            .as_array()
+            .unwrap();
+        let key = parameters
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .unwrap();
+        assert_eq!(key["schema"]["maxLength"], 255, "{path}");
+        assert_eq!(
+            key["schema"]["not"]["pattern"], "[^!-~]",
+            "{path}: visible ASCII only"
         );
     }
-    let invisible = properties["to"]["not"]["pattern"].as_str().unwrap();
-    for (what, escaped) in [
-        ("control", "\\u0000-\\u001F"),
-        ("bidi override", "\\u202A-\\u202E"),
-        ("zero-width", "\\u200B-\\u200F"),
-    ] {
-        assert!(
-            invisible.contains(escaped),
-            "`to` refuses {what}: {invisible}"
+    // A notification names its channel once, by either name, and may be `critical`.
+    let notification = &document["components"]["schemas"]["NewNotification"];
+    let branches: Vec<&Value> = notification["oneOf"].as_array().unwrap().iter().collect();
+    assert_eq!(branches.len(), 2, "channel or type");
+    for (branch, field) in branches.into_iter().zip(["channel", "type"]) {
+        assert_eq!(branch["required"], serde_json::json!([field]));
+        assert_eq!(
+            branch["properties"][field]["$ref"],
+            "#/components/schemas/Channel"
         );
     }
-    let parameters = document["paths"]["/v1/requests"]["post"]["parameters"]
-        .as_array()
-        .unwrap();
-    let key = parameters
-        .iter()
-        .find(|p| p["name"] == "Idempotency-Key")
-        .unwrap();
-    assert_eq!(key["schema"]["maxLength"], 255);
+    for field in ["channel", "type"] {
+        assert_eq!(
+            notification["properties"][field]["$ref"], "#/components/schemas/Channel",
+            "{field}"
+        );
+    }
     assert_eq!(
-        key["schema"]["not"]["pattern"], "[^!-~]",
-        "visible ASCII only"
+        notification["properties"]["priority"]["enum"],
+        serde_json::json!(["high", "normal", "low", "critical", null])
     );
     assert!(
         document["components"]["securitySchemes"].is_null(),
@@ -192,9 +229,19 @@ async fn with_client_keys_the_document_declares_them() {
         document["components"]["securitySchemes"]["client_key"]["scheme"],
         "bearer"
     );
-    let create = &document["paths"]["/v1/requests"]["post"];
-    assert_eq!(create["security"][0]["client_key"], serde_json::json!([]));
-    assert!(create["responses"]["401"].is_object());
+    for (path, method) in [
+        ("/v1/requests", "post"),
+        ("/api/v1/notifications", "post"),
+        ("/api/v1/notifications/{id}", "get"),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert_eq!(
+            operation["security"][0]["client_key"],
+            serde_json::json!([]),
+            "{method} {path}"
+        );
+        assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+    }
     assert!(document["paths"]["/health"]["get"]["security"].is_null());
     assert!(
         document["paths"]["/metrics"]["get"]["security"].is_null(),

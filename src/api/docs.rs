@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use serde_json::Value;
 use utoipa::OpenApi;
 
-use super::{AppState, error, health, observe, requests};
+use super::{AppState, error, health, notifications, observe, requests};
 use crate::keys::Keys;
 
 #[derive(OpenApi)]
@@ -25,6 +25,8 @@ use crate::keys::Keys;
         requests::process,
         requests::status,
         requests::events,
+        notifications::create,
+        notifications::status,
         health::health,
         health::ready,
         observe::metrics,
@@ -32,6 +34,8 @@ use crate::keys::Keys;
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
         (name = "requests", description = "Notification requests: the client contract"),
+        (name = "notifications", description = "The founding document's API: create and queue in one call; \
+            the same records as /v1/requests"),
         (name = "operations", description = "Probes and metrics"),
     )
 )]
@@ -67,6 +71,7 @@ pub async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
 pub fn document(keys: &Keys) -> Value {
     let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     super::openapi_rules::state_text_rules(&mut document);
+    super::openapi_rules::state_notification_rules(&mut document);
     super::openapi_rules::state_security(&mut document, keys);
     document
 }

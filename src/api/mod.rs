@@ -5,6 +5,7 @@ mod body;
 mod docs;
 mod error;
 mod health;
+mod notifications;
 mod observe;
 mod openapi_rules;
 mod protocol;
@@ -51,6 +52,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}", get(requests::status))
         .route("/v1/requests/{id}/process", post(requests::process))
         .route("/v1/requests/{id}/events", get(requests::events))
+        .route("/api/v1/notifications", post(notifications::create))
+        .route("/api/v1/notifications/", post(notifications::create))
+        .route("/api/v1/notifications/{id}", get(notifications::status))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(observe::metrics))

@@ -1,21 +1,27 @@
-//! The `/v1/requests` routes: create, process, status and history.
+//! The `/v1/requests` routes: create, process, status and history; and what
+//! the founding document's `/api/v1/notifications` routes share with them
+//! (the create's outbox bound, idempotency key and write, an owned record,
+//! the `{id}` segment).
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::Instrument;
 use utoipa::ToSchema;
+use utoipa::openapi::{self, Content, Ref, RefOr, ResponseBuilder};
 
 use super::AppState;
 use super::auth::Caller;
 use super::body::{CreateBody, idempotency_key, parse_create};
 use super::error::{ApiError, ErrorBody};
-use crate::domain::{RequestId, Status};
+use crate::domain::{Notification, RequestId, Status};
 use crate::store::{CreateOutcome, Event, EventKind, ProcessOutcome, RequestRecord};
 
 /// How long a client should wait before retrying a create refused for a full outbox.
@@ -141,13 +147,7 @@ pub struct HistoryView {
     responses(
         (status = 201, description = "Stored durably", body = Created,
             headers(("Location" = String, description = "The request's URL"))),
-        (status = 400, description = "Malformed JSON or idempotency key (or one sent twice)", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within the body-read timeout", body = ErrorBody),
-        (status = 409, description = "Idempotency key reused with another body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "A Content-Type other than JSON (none is read as JSON)", body = ErrorBody),
-        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
-        (status = 503, description = "Outbox full (with Retry-After; a replay is still answered) or storage unavailable", body = ErrorBody),
+        CreateRefusals,
     )
 )]
 pub async fn create(
@@ -156,10 +156,69 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let notification = parse_create(&headers, body, state.limits.max_body_bytes)?;
-    let key = idempotency_key(&headers)?.map(|key| caller.scoped_key(key));
+    let notification = parse_create::<CreateBody>(&headers, body, state.limits.max_body_bytes)?;
+    let (id, replayed) = store(&state, &caller, &headers, notification).await?;
+    let created = Json(Created { id: id.to_string() });
+    let location = format!("/v1/requests/{id}");
+    Ok(stored_response(
+        StatusCode::CREATED,
+        created,
+        &location,
+        replayed,
+    ))
+}
+
+/// The answers that refuse a create, in the OpenAPI document: the same for
+/// both APIs' creates, which share their checks.
+pub struct CreateRefusals;
+
+impl utoipa::IntoResponses for CreateRefusals {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        [
+            (
+                "400",
+                "Malformed JSON or idempotency key (or one sent twice)",
+            ),
+            (
+                "408",
+                "The body did not arrive within the body-read timeout",
+            ),
+            ("409", "Idempotency key reused with another body"),
+            ("413", "Body too large"),
+            (
+                "415",
+                "A Content-Type other than JSON (none is read as JSON)",
+            ),
+            ("422", "A field is missing or invalid"),
+            (
+                "503",
+                "Outbox full (with Retry-After; a replay is still answered) or storage unavailable",
+            ),
+        ]
+        .into_iter()
+        .map(|(code, description)| {
+            let body = Content::new(Some(Ref::from_schema_name("ErrorBody")));
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", body);
+            (code.to_string(), response.build().into())
+        })
+        .collect()
+    }
+}
+
+/// Stores a validated create, or finds the request its idempotency key (per
+/// client) made before with the same body: the id, and whether it is that
+/// replay. Refused while the outbox is full, unless it is a replay.
+pub async fn store(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    notification: Notification,
+) -> Result<(RequestId, bool), ApiError> {
+    let key = idempotency_key(headers)?.map(|key| caller.scoped_key(key));
     let key = key.as_deref();
-    let outcome = match admit(&state, key, &notification).await? {
+    let outcome = match admit(state, key, &notification).await? {
         Some(replayed) => replayed,
         None => {
             let created = state.records.create(notification, key, caller.name());
@@ -174,15 +233,26 @@ pub async fn create(
     if !replayed {
         crate::instruments::request_created();
     }
-    let mut response = (StatusCode::CREATED, Json(Created { id: id.to_string() })).into_response();
+    Ok((id, replayed))
+}
+
+/// The answer to a create: `body` with `code`, `Location`, and
+/// `Idempotent-Replayed: true` for a replay.
+pub fn stored_response(
+    code: StatusCode,
+    body: impl IntoResponse,
+    location: &str,
+    replayed: bool,
+) -> Response {
+    let mut response = (code, body).into_response();
     let headers = response.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{id}")) {
+    if let Ok(location) = HeaderValue::from_str(location) {
         headers.insert(header::LOCATION, location);
     }
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// Refuses a create while the outbox is full, unless it replays an
@@ -191,7 +261,7 @@ pub async fn create(
 async fn admit(
     state: &AppState,
     key: Option<&str>,
-    notification: &crate::domain::Notification,
+    notification: &Notification,
 ) -> Result<Option<CreateOutcome>, ApiError> {
     let pending = state.records.pending();
     if pending < state.limits.outbox_limit {
@@ -264,15 +334,20 @@ pub async fn process(
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller,
-    IdParam { id, raw }: IdParam,
+    id: IdParam,
 ) -> Result<Json<RequestView>, ApiError> {
-    caller.check_owns(&state, id, &raw).await?;
-    let record = state
-        .records
-        .get(id)
-        .await?
-        .ok_or(ApiError::RequestNotFound(raw))?;
-    Ok(Json(record.into()))
+    Ok(Json(owned_record(&state, &caller, id).await?.into()))
+}
+
+/// The request `id` names, if the caller may see it: else `404`.
+pub async fn owned_record(
+    state: &AppState,
+    caller: &Caller,
+    IdParam { id, raw }: IdParam,
+) -> Result<RequestRecord, ApiError> {
+    caller.check_owns(state, id, &raw).await?;
+    let record = state.records.get(id).await?;
+    record.ok_or(ApiError::RequestNotFound(raw))
 }
 
 /// A request's history: every transition and provider attempt, oldest first.
@@ -319,8 +394,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
             Ok(Path(raw)) => raw,
             // Only the `{id}` segment can fail to decode: name it as sent.
             Err(_) => {
-                let segment = parts.uri.path().split('/').nth(3).unwrap_or_default();
-                return Err(ApiError::RequestNotFound(segment.to_string()));
+                let template = parts.extensions.get::<MatchedPath>();
+                let at = template.and_then(|t| t.as_str().split('/').position(|s| s == "{id}"));
+                let segment = at.and_then(|at| parts.uri.path().split('/').nth(at));
+                return Err(ApiError::RequestNotFound(
+                    segment.unwrap_or_default().to_string(),
+                ));
             }
         };
         match raw.parse() {

@@ -24,7 +24,7 @@ pub fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
 }
 
 /// `environment:` as a map, whether written as a map or as `KEY=value` items.
-fn environment(service: &Yaml) -> BTreeMap<String, String> {
+pub fn environment(service: &Yaml) -> BTreeMap<String, String> {
     match &service["environment"] {
         Yaml::Hash(map) => map
             .iter()
@@ -73,7 +73,7 @@ pub fn command_words(service: &Yaml) -> Vec<String> {
     }
 }
 
-fn depends_on(service: &Yaml) -> Vec<String> {
+pub fn depends_on(service: &Yaml) -> Vec<String> {
     match &service["depends_on"] {
         Yaml::Hash(map) => map.keys().map(|k| text(k, "depends_on")).collect(),
         other => strings(other, "depends_on"),
@@ -81,7 +81,7 @@ fn depends_on(service: &Yaml) -> Vec<String> {
 }
 
 /// Short-syntax volumes as (source, target).
-fn volumes(service: &Yaml) -> Vec<(String, String)> {
+pub fn volumes(service: &Yaml) -> Vec<(String, String)> {
     strings(&service["volumes"], "volumes")
         .iter()
         .map(|v| {
@@ -95,7 +95,7 @@ fn volumes(service: &Yaml) -> Vec<(String, String)> {
         .collect()
 }
 
-fn volume_source_for<'a>(mounts: &'a [(String, String)], target: &str) -> Option<&'a str> {
+pub fn volume_source_for<'a>(mounts: &'a [(String, String)], target: &str) -> Option<&'a str> {
     mounts
         .iter()
         .find(|(_, t)| t == target)
@@ -243,7 +243,7 @@ fn compose_provider_healthcheck_probes_the_simulators_port() {
 fn compose_and_dockerfile_env_vars_are_ones_herald_reads() {
     let known = env_vars_herald_reads();
     let compose = compose();
-    let mut used: Vec<String> = ["app", "provider"]
+    let mut used: Vec<String> = ["app", "provider", "herald-1", "herald-2", "herald-3"]
         .iter()
         .flat_map(|name| environment(service(&compose, name)).into_keys())
         .collect();

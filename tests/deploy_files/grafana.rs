@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::compose::{compose, env_default, service};
-use crate::files::{read, repo};
+use crate::files::{files_under, read, repo};
 use crate::influxql::influx_measurements;
 use crate::promql::promql_names;
 use crate::yaml::{scalar, text, yaml};
@@ -67,7 +67,21 @@ fn grafana_dashboards_provider_reads_a_folder_holding_the_scorecard() {
 }
 
 pub fn dashboard() -> Value {
-    serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is valid JSON")
+    dashboard_at(DASHBOARD)
+}
+
+pub fn dashboard_at(path: &str) -> Value {
+    serde_json::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not valid JSON: {e}"))
+}
+
+/// Every dashboard file the provider loads, as a repo path.
+fn dashboard_files() -> Vec<String> {
+    let files = files_under(&repo().join("deploy/grafana/dashboards"));
+    let names = files.iter().filter_map(|f| f.file_name()?.to_str());
+    names
+        .filter(|name| name.ends_with(".json"))
+        .map(|name| format!("deploy/grafana/dashboards/{name}"))
+        .collect()
 }
 
 /// Every panel, including those inside collapsed rows.
@@ -135,26 +149,41 @@ pub fn influx_queries(dashboard: &Value) -> Vec<String> {
 fn grafana_dashboard_is_the_scorecard_and_every_panel_queries_a_provisioned_datasource() {
     let dashboard = dashboard();
     assert_eq!(dashboard["uid"], "backend-performance-scorecard");
-    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
-    let panels = panels(&dashboard);
-    assert!(!panels.is_empty(), "the dashboard has no panels");
-
+    let files = dashboard_files();
+    assert!(
+        files.len() >= 2,
+        "the scorecard and the scale-out dashboard: {files:?}"
+    );
     let known = datasources();
-    let mut ids = BTreeSet::new();
-    for panel in &panels {
-        let id = panel["id"].as_u64().expect("every panel has a numeric id");
-        assert!(ids.insert(id), "panel id {id} is used twice");
-        if panel["type"] == "row" {
-            continue;
+    let mut uids = BTreeSet::new();
+    for file in files {
+        let dashboard = dashboard_at(&file);
+        let uid = dashboard["uid"].as_str().unwrap_or_default().to_string();
+        assert!(uids.insert(uid), "{file}: a uid another dashboard has");
+        assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+        let panels = panels(&dashboard);
+        assert!(!panels.is_empty(), "{file} has no panels");
+
+        let mut ids = BTreeSet::new();
+        for panel in &panels {
+            let id = panel["id"].as_u64().expect("every panel has a numeric id");
+            assert!(ids.insert(id), "{file}: panel id {id} is used twice");
+            if panel["type"] == "row" {
+                continue;
+            }
+            let targets = panel["targets"].as_array().map(Vec::len).unwrap_or(0);
+            assert!(
+                targets > 0,
+                "{file}: panel {} queries nothing",
+                panel["title"]
+            );
         }
-        let targets = panel["targets"].as_array().map(Vec::len).unwrap_or(0);
-        assert!(targets > 0, "panel {} queries nothing", panel["title"]);
-    }
-    for (uid, _) in targets(&dashboard) {
-        assert!(
-            known.contains_key(&uid),
-            "datasource uid `{uid}` is not provisioned"
-        );
+        for (uid, _) in targets(&dashboard) {
+            assert!(
+                known.contains_key(&uid),
+                "{file}: datasource uid `{uid}` is not provisioned"
+            );
+        }
     }
 }
 

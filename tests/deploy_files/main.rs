@@ -5,7 +5,8 @@
 //! (docs/metrics.md), ports, paths, and the commands the image runs.
 //!
 //! One test binary, a module per concern: each deployment file with its
-//! parser (dockerfile, dockerignore, compose, prometheus, grafana), the two
+//! parser (dockerfile, dockerignore, compose, prometheus, grafana; scale:
+//! compose's `scale` profile with its proxy, scrape jobs and dashboard), the two
 //! query languages (promql, influxql), the image's commands run for real
 //! (image_commands), and the shared readers (files, yaml).
 
@@ -18,4 +19,5 @@ mod image_commands;
 mod influxql;
 mod prometheus;
 mod promql;
+mod scale;
 mod yaml;

@@ -8,7 +8,7 @@ use crate::grafana::{dashboard, prometheus_exprs};
 
 /// The series names docs/metrics.md lists: counters and gauges as named,
 /// histograms as their `_bucket`, `_sum` and `_count` series.
-fn exported_series() -> BTreeSet<String> {
+pub fn exported_series() -> BTreeSet<String> {
     let mut series = BTreeSet::new();
     for line in read("docs/metrics.md").lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -118,8 +118,9 @@ pub fn promql_names(expr: &str) -> Result<(Vec<String>, Vec<String>), String> {
     Ok((metrics, functions))
 }
 
-/// What is wrong with an expression's names, if anything.
-fn promql_problems(expr: &str, exported: &BTreeSet<String>) -> Vec<String> {
+/// What is wrong with an expression's names, if anything: `exported` is
+/// every series the scraped targets export.
+pub fn promql_problems(expr: &str, exported: &BTreeSet<String>) -> Vec<String> {
     match promql_names(expr) {
         Err(error) => vec![error],
         Ok((metrics, functions)) => {
@@ -131,7 +132,11 @@ fn promql_problems(expr: &str, exported: &BTreeSet<String>) -> Vec<String> {
                 metrics
                     .into_iter()
                     .filter(|m| !exported.contains(m))
-                    .map(|m| format!("`{m}` is not a series Herald exports (docs/metrics.md)")),
+                    .map(|m| {
+                        format!(
+                            "`{m}` is not a series Herald (docs/metrics.md) or an exporter exports"
+                        )
+                    }),
             );
             problems.extend(
                 functions
