@@ -1,0 +1,147 @@
+//! The services the scale-out engine runs on, private to one test: a
+//! `redis-server` of its own (AOF `appendfsync always`, its files in a
+//! temporary directory, a free port), killed when dropped; and a RabbitMQ
+//! vhost of its own on the machine's broker, deleted when dropped.
+//!
+//! A machine without `redis-server` or `rabbitmqctl` skips the test with a
+//! printed message: each constructor answers `None` then.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a service may take to answer after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct PrivateRedis {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl PrivateRedis {
+    /// A durable Redis (AOF, fsync on every write, no eviction) on a free
+    /// port; `None`, with a message, when `redis-server` is not installed.
+    pub fn start() -> Option<Self> {
+        if !installed("redis-server") {
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        let dir = TempDir::new().expect("a temporary directory");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--maxmemory-policy", "noeviction", "--save", ""])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for_port(port, "the private redis-server");
+        Some(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh vhost on the machine's RabbitMQ (127.0.0.1:5672, guest), deleted on drop.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    /// `None`, with a message, when `rabbitmqctl` is missing or the broker
+    /// does not answer.
+    pub fn create() -> Option<Self> {
+        if !installed("rabbitmqctl") {
+            eprintln!("skipped: rabbitmqctl is not installed");
+            return None;
+        }
+        if TcpStream::connect(("127.0.0.1", 5672)).is_err() {
+            eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
+            return None;
+        }
+        let name = format!("herald-test-{}-{}", std::process::id(), free_port());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Some(Self { name })
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The flags that put a Herald node on these services.
+pub fn scaleout_flags(redis: &str, vhost: &Vhost) -> Vec<String> {
+    vec![
+        "--backend".into(),
+        "scaleout".into(),
+        "--redis-url".into(),
+        redis.into(),
+        "--amqp-url".into(),
+        vhost.amqp_url(),
+    ]
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A loopback port free now (the service binds it a moment later).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,301 @@
+//! The scale-out engine end to end: real `herald` binaries with
+//! `--backend scaleout` on a private durable Redis and a private RabbitMQ
+//! vhost, against the provider simulator. Skipped, with a message, on a
+//! machine without `redis-server` or RabbitMQ.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::child::HeraldProcess;
+use common::services::{PrivateRedis, Vhost, scaleout_flags};
+use common::{email, fast_provider, spawn_provider_with_latency};
+use herald::simulator::Simulator;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The private services, or `None` (the test is skipped) when missing.
+fn services() -> Option<(PrivateRedis, Vhost)> {
+    Some((PrivateRedis::start()?, Vhost::create()?))
+}
+
+/// One node; its data directory is unused by this engine, but required.
+async fn node(dir: &TempDir, provider: &str, flags: &[String]) -> HeraldProcess {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    HeraldProcess::start(dir.path(), provider, &flags).await
+}
+
+/// Waits, up to `within`, until every id is `sent` or `failed` on `herald`;
+/// fails naming the first still open.
+async fn all_final(
+    herald: &HeraldProcess,
+    client: &reqwest::Client,
+    ids: &[String],
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    for id in ids {
+        loop {
+            let status = herald.request(client, id).await["status"].clone();
+            if status == "sent" || status == "failed" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} is still {status} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_guard_refuses_a_redis_that_keeps_nothing_on_disk() {
+    if std::net::TcpStream::connect(("127.0.0.1", 6379)).is_err() {
+        eprintln!("skipped: no Redis on 127.0.0.1:6379 to refuse");
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let flags = [
+        "--backend",
+        "scaleout",
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-prefix",
+        "herald-guard-test",
+    ];
+    let refused = HeraldProcess::try_start(dir.path(), "http://127.0.0.1:9", &flags).await;
+    let Err(refusal) = refused else {
+        panic!("herald started on a Redis without appendfsync always");
+    };
+    assert!(!refusal.status.success());
+    let line = &refusal.last_line;
+    assert!(
+        line.contains("appendonly") || line.contains("appendfsync"),
+        "the refusal names the setting: {line}"
+    );
+    assert!(
+        line.contains("--appendfsync always"),
+        "and how to fix it: {line}"
+    );
+    assert!(line.contains("--allow-volatile-redis"), "{line}");
+}
+
+#[tokio::test]
+async fn an_operator_may_accept_a_volatile_redis_and_ready_says_so() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let _: () = redis_command(&redis, &["CONFIG", "SET", "appendfsync", "everysec"]);
+    let dir = TempDir::new().unwrap();
+    let mut flags = scaleout_flags(&redis.url(), &vhost);
+    flags.push("--allow-volatile-redis".into());
+    let herald = node(&dir, "http://127.0.0.1:9", &flags).await;
+    let ready = herald.wait_ready(&client).await;
+    let warning = ready["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("appendfsync everysec"), "{ready}");
+    herald.terminate().await;
+}
+
+/// A command on the private Redis through redis-cli.
+fn redis_command(redis: &PrivateRedis, args: &[&str]) {
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli runs");
+    assert!(status.success(), "redis-cli {args:?}");
+}
+
+#[tokio::test]
+async fn one_node_creates_processes_and_delivers_with_the_history() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let client = reqwest::Client::new();
+    let dir = TempDir::new().unwrap();
+    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
+    herald.wait_ready(&client).await;
+
+    let id = herald.create(&client).await;
+    assert_eq!(herald.request(&client, &id).await["status"], "queued");
+    assert_eq!(herald.process(&client, &id).await, 202);
+    assert_eq!(
+        herald.process(&client, &id).await,
+        200,
+        "a second process changes nothing"
+    );
+    all_final(
+        &herald,
+        &client,
+        std::slice::from_ref(&id),
+        Duration::from_secs(15),
+    )
+    .await;
+    let record = herald.request(&client, &id).await;
+    assert_eq!(record["status"], "sent", "{record}");
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(provider.simulator.deliveries_of(&id), 1);
+
+    let url = format!("{}/v1/requests/{id}/events", herald.address);
+    let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "process_requested",
+            "attempt_started",
+            "attempt_finished"
+        ]
+    );
+    let unknown = format!("{}/v1/requests/{}", herald.address, uuid_like());
+    assert_eq!(client.get(unknown).send().await.unwrap().status(), 404);
+    assert!(herald.terminate().await.success(), "a clean stop");
+}
+
+fn uuid_like() -> &'static str {
+    "01890000-0000-7000-8000-000000000000"
+}
+
+#[tokio::test]
+async fn two_hundred_racing_creates_with_one_key_over_three_nodes_make_one_request() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let flags = scaleout_flags(&redis.url(), &vhost);
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes.push(node(dir, "http://127.0.0.1:9", &flags).await);
+    }
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let mut racing = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let url = format!("{}/v1/requests", addresses[i % 3]);
+        let client = client.clone();
+        racing.spawn(async move {
+            let response = client
+                .post(url)
+                .header("Idempotency-Key", "one-key")
+                .json(&email())
+                .send()
+                .await
+                .expect("request sent");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body["id"].as_str().unwrap_or_default().to_string())
+        });
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    while let Some(answer) = racing.join_next().await {
+        let (status, id) = answer.unwrap();
+        assert!(status == 201 || status == 200, "a create answered {status}");
+        created += usize::from(status == 201);
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 1, "every answer names one request: {ids:?}");
+    assert!(created >= 1);
+    let other = json!({"to": "someone@else.com", "message": "other", "type": "email"});
+    let conflict = client
+        .post(format!("{}/v1/requests", addresses[1]))
+        .header("Idempotency-Key", "one-key")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 409);
+    let count = client
+        .get(format!("{}/ready", addresses[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(count.status(), 200);
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let provider = spawn_provider_with_latency(100, 500).await;
+    let client = reqwest::Client::new();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let flags = scaleout_flags(&redis.url(), &vhost);
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes.push(node(dir, &provider.url(), &flags).await);
+    }
+    let priorities = ["high", "normal", "low"];
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        let body = json!({
+            "to": "user@example.com",
+            "message": format!("message {i}"),
+            "type": "email",
+            "priority": priorities[i % 3],
+        });
+        let herald = &nodes[i % 3];
+        let response = client
+            .post(format!("{}/v1/requests", herald.address))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let id = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(herald.process(&client, &id).await, 202);
+        ids.push(id);
+    }
+    // Kill node 2 while calls are in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while provider.simulator.calls_in_progress() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight_at_kill = provider.simulator.calls_in_progress();
+    nodes[1].kill();
+    let killed_at = tokio::time::Instant::now();
+    let survivor = &nodes[0];
+    all_final(survivor, &client, &ids, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(killed_at.elapsed())).await;
+    let mut duplicates = 0;
+    let mut recovered = 0;
+    for id in &ids {
+        let status = survivor.request(&client, id).await["status"].clone();
+        assert!(
+            status == "sent" || status == "failed",
+            "{id} is {status} 15 s after the kill"
+        );
+        duplicates += u64::from(provider.simulator.deliveries_of(id) > 1);
+        let url = format!("{}/v1/requests/{id}/events", survivor.address);
+        let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let events = events["events"].as_array().cloned().unwrap_or_default();
+        recovered += usize::from(events.iter().any(|e| e["event"] == "lease_recovered"));
+    }
+    assert!(
+        duplicates <= in_flight_at_kill,
+        "{duplicates} ids sent twice, more than the {in_flight_at_kill} calls in flight at the kill"
+    );
+    assert!(
+        recovered >= 1,
+        "the history shows the killed node's leases recovered"
+    );
+}
