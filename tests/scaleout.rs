@@ -299,3 +299,77 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
         "the history shows the killed node's leases recovered"
     );
 }
+
+#[tokio::test]
+async fn a_redis_killed_and_restarted_keeps_every_acknowledged_request_and_dispatch_resumes() {
+    let Some((mut redis, vhost)) = services() else {
+        return;
+    };
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
+    herald.wait_ready(&client).await;
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        let id = herald.create(&client).await;
+        assert_eq!(herald.process(&client, &id).await, 202);
+        sent.push(id);
+    }
+    all_final(&herald, &client, &sent, Duration::from_secs(20)).await;
+    let mut waiting = Vec::new();
+    for _ in 0..10 {
+        waiting.push(herald.create(&client).await);
+    }
+
+    redis.kill();
+    let started = tokio::time::Instant::now();
+    let answer = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(&email())
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(answer.status(), 503, "a create while Redis is down");
+    assert!(answer.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    let ready = client
+        .get(format!("{}/ready", herald.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while Redis is down");
+
+    redis.restart();
+    herald.wait_ready(&client).await;
+    for id in sent.iter().chain(&waiting) {
+        let url = format!("{}/v1/requests/{id}/events", herald.address);
+        let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        assert!(
+            events["events"].as_array().is_some_and(|e| !e.is_empty()),
+            "{id} and its history survived the restart: {events}"
+        );
+    }
+    for id in &sent {
+        assert_eq!(herald.request(&client, id).await["status"], "sent");
+    }
+    for id in &waiting {
+        assert_eq!(herald.process(&client, id).await, 202);
+    }
+    all_final(&herald, &client, &waiting, Duration::from_secs(30)).await;
+    for id in &waiting {
+        assert_eq!(
+            provider.simulator.deliveries_of(id),
+            1,
+            "{id} delivered once"
+        );
+    }
+    assert!(herald.terminate().await.success());
+}

@@ -18,7 +18,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct PrivateRedis {
     child: Child,
     pub port: u16,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl PrivateRedis {
@@ -31,28 +31,40 @@ impl PrivateRedis {
         }
         let dir = TempDir::new().expect("a temporary directory");
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--maxmemory-policy", "noeviction", "--save", ""])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let redis = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let child = spawn_redis(&dir, port);
+        let redis = Self { child, port, dir };
         wait_for_port(port, "the private redis-server");
         Some(redis)
+    }
+
+    /// SIGKILL: whatever Redis acknowledged is in its AOF already.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts Redis again on the same port and files, after [`Self::kill`].
+    pub fn restart(&mut self) {
+        self.child = spawn_redis(&self.dir, self.port);
+        wait_for_port(self.port, "the restarted redis-server");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+}
+
+fn spawn_redis(dir: &TempDir, port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(["--maxmemory-policy", "noeviction", "--save", ""])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts")
 }
 
 impl Drop for PrivateRedis {

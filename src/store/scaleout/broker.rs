@@ -147,6 +147,8 @@ impl Broker {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.set_publisher(None);
+                    // The consumers first, so no delivery is in flight as the connection goes.
+                    let _ = bounded(consuming.close(200, "herald stopping".into())).await;
                     let _ = bounded(connection.close(200, "herald stopping".into())).await;
                     return Ok(());
                 }

@@ -252,7 +252,7 @@ impl Records for ScaleoutStore {
             .get(&lease.id)
             .map(|held| held.seq)
             .ok_or(StoreError::LeaseLost(lease.id))?;
-        let released = self.release(lease.id, seq).await?;
+        let released = self.release(lease.id, seq, true).await?;
         self.let_go(lease.id).await;
         if released {
             Ok(())

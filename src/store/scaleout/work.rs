@@ -92,12 +92,14 @@ impl ScaleoutStore {
         }
     }
 
-    /// Returns the lease of `id` at `seq`, due now, its attempt given back;
-    /// whether the fence let it.
+    /// Returns the lease of `id` at `seq`, due now, with its attempt number
+    /// given back when `unsent` (the provider was never called); whether the
+    /// fence let it.
     pub(super) async fn release(
         &self,
         id: crate::domain::RequestId,
         seq: u64,
+        unsent: bool,
     ) -> Result<bool, StoreError> {
         let released: i64 = self
             .redis
@@ -107,7 +109,8 @@ impl ScaleoutStore {
                     .arg(&self.tag)
                     .arg(id.to_string())
                     .arg(seq)
-                    .arg(&self.options.instance.0),
+                    .arg(&self.options.instance.0)
+                    .arg(u8::from(unsent)),
             )
             .await?;
         self.due.notify_one();
@@ -186,7 +189,7 @@ impl WorkSource for ScaleoutStore {
             .collect();
         let mut returned = 0;
         for (id, seq) in abandoned {
-            returned += usize::from(self.release(id, seq).await?);
+            returned += usize::from(self.release(id, seq, false).await?);
             self.let_go(id).await;
         }
         Ok(returned + self.rescue().await?)
