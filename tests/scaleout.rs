@@ -373,3 +373,66 @@ async fn a_redis_killed_and_restarted_keeps_every_acknowledged_request_and_dispa
     }
     assert!(herald.terminate().await.success());
 }
+
+#[tokio::test]
+async fn three_nodes_share_one_rate_limit_and_deliver_at_the_providers_pace() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    // The reference provider's window (50 calls in any 10 s), no failures.
+    let reference = herald::simulator::SimConfig {
+        error_rate: 0.0,
+        latency_min_ms: 100,
+        latency_max_ms: 500,
+        ..herald::simulator::SimConfig::default()
+    };
+    let provider = Simulator::spawn(reference).await.unwrap();
+    let client = reqwest::Client::new();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut flags = scaleout_flags(&redis.url(), &vhost);
+    flags.extend(["--rate-limit".to_string(), "50/10s".to_string()]);
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes.push(node(dir, &provider.url(), &flags).await);
+    }
+    // A backlog that outlasts three windows: the provider takes 150 in the
+    // first 30 s (50 per window), the rest after.
+    const REQUESTS: usize = 200;
+    const WINDOWS: u64 = 3;
+    let mut ids = Vec::new();
+    for i in 0..REQUESTS {
+        let herald = &nodes[i % 3];
+        let id = herald.create(&client).await;
+        assert_eq!(herald.process(&client, &id).await, 202);
+        ids.push(id);
+    }
+    all_final(&nodes[0], &client, &ids, Duration::from_secs(90)).await;
+    let calls = provider.simulator.calls();
+    let throttled = calls.iter().filter(|c| c.status == 429).count();
+    let delivered: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at_ms)
+        .collect();
+    assert_eq!(delivered.len(), REQUESTS);
+    let first = delivered.iter().min().copied().unwrap_or_default();
+    let in_windows = delivered
+        .iter()
+        .filter(|&&at| at - first < WINDOWS * 10_000)
+        .count();
+    let ratio = in_windows as f64 / (WINDOWS * 50) as f64;
+    eprintln!(
+        "shared limiter: {in_windows} delivered in the first {WINDOWS} windows of 10 s (capacity {}): {ratio:.3}; {throttled} of {} calls refused with 429",
+        WINDOWS * 50,
+        calls.len()
+    );
+    assert!(
+        ratio >= 0.95,
+        "delivered at {ratio:.3} of the provider's capacity"
+    );
+    assert!(
+        throttled as f64 <= 0.01 * calls.len() as f64,
+        "{throttled} of {} calls refused with 429",
+        calls.len()
+    );
+}
