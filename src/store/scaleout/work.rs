@@ -21,7 +21,9 @@ pub(super) const RESCUE_BATCH: usize = 1_000;
 /// What the `lease` script made of a delivery.
 enum Fenced {
     Leased(Lease),
-    /// Nothing to do for it: stale, final, leased elsewhere or gone.
+    /// Leased already, by this owner.
+    Held(String),
+    /// Nothing to do for it: stale, final or gone.
     Skip(String),
 }
 
@@ -77,6 +79,7 @@ impl ScaleoutStore {
                     deadline_ms: number(deadline)?,
                 }))
             }
+            [held, owner] if held == "held" => Ok(Fenced::Held(owner.clone())),
             [why] => Ok(Fenced::Skip(why.clone())),
             other => Err(StoreError::Corrupt(format!(
                 "the lease script answered {other:?}"
@@ -161,6 +164,17 @@ impl WorkSource for ScaleoutStore {
                     };
                     self.held().insert(lease.id, held);
                     return Ok(lease);
+                }
+                Ok(Fenced::Held(owner)) => {
+                    let id = delivered.pointer.id;
+                    let orphan = owner == self.options.instance.0 && !self.held().contains_key(&id);
+                    if orphan {
+                        // This node leased it, but the reply was lost to a
+                        // timeout: no attempt runs, so give it back now
+                        // rather than at its deadline.
+                        let _ = self.release(id, delivered.pointer.seq, true).await;
+                    }
+                    broker::ack(&delivered.message).await;
                 }
                 Ok(Fenced::Skip(why)) => {
                     tracing::debug!(id = %delivered.pointer.id, seq = delivered.pointer.seq, why, "delivery fenced off");

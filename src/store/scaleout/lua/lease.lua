@@ -1,14 +1,15 @@
 -- lease: ARGV id, seq, owner, lease length (ms). Fences a delivered message:
 -- only the record's current seq, not final and not leased, starts an
 -- attempt. A lease held by a dead node is taken back by `rescue`, which
--- bumps the seq, never here.
+-- bumps the seq, never here. A lease held answers its owner: this node's
+-- own, unknown to it, is one whose reply a timeout lost.
 local id = ARGV[2]
 local rk = P .. ':req:' .. id
 local f = redis.call('HMGET', rk, 'seq', 'st', 'lo', 'n', 'at', 'pr')
 if not f[1] then return {'missing'} end
 if f[2] == 'sent' or f[2] == 'failed' then return {'final'} end
 if f[1] ~= ARGV[3] then return {'stale'} end
-if f[3] then return {'held'} end
+if f[3] then return {'held', f[3]} end
 local now = now_ms()
 local deadline = now + tonumber(ARGV[5])
 local attempt = tonumber(f[5]) + 1
