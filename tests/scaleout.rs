@@ -503,3 +503,51 @@ async fn high_priority_work_overtakes_a_low_backlog_across_nodes() {
         "the highs overtook a backlog: {lows_left} lows were still waiting"
     );
 }
+
+#[tokio::test]
+async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_back() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    // A vhost that does not exist yet: RabbitMQ refuses Herald, as if down.
+    let Some(vhost) = Vhost::reserve() else {
+        return;
+    };
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let client = reqwest::Client::new();
+    let dir = TempDir::new().unwrap();
+    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
+    herald.wait_ready(&client).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let id = herald.create(&client).await;
+        assert_eq!(
+            herald.process(&client, &id).await,
+            202,
+            "process answers without RabbitMQ"
+        );
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in &ids {
+        assert_eq!(
+            herald.request(&client, id).await["status"],
+            "queued",
+            "{id} waits"
+        );
+    }
+    assert_eq!(provider.simulator.calls().len(), 0);
+
+    let back = tokio::time::Instant::now();
+    vhost.open();
+    all_final(&herald, &client, &ids, Duration::from_secs(30)).await;
+    eprintln!("RabbitMQ back → all delivered in {:?}", back.elapsed());
+    for id in &ids {
+        assert_eq!(
+            provider.simulator.deliveries_of(id),
+            1,
+            "{id} delivered once"
+        );
+    }
+    assert!(herald.terminate().await.success());
+}

@@ -91,10 +91,38 @@ impl Vhost {
             eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
             return None;
         }
+        let vhost = Self::named();
+        vhost.open();
+        Some(vhost)
+    }
+
+    /// A vhost name of its own, not created yet: RabbitMQ refuses
+    /// connections to it until [`Vhost::open`], as if it were down.
+    pub fn reserve() -> Option<Self> {
+        if !installed("rabbitmqctl") || TcpStream::connect(("127.0.0.1", 5672)).is_err() {
+            eprintln!("skipped: no rabbitmqctl or no RabbitMQ on 127.0.0.1:5672");
+            return None;
+        }
+        Some(Self::named())
+    }
+
+    /// Creates the vhost and lets guest in.
+    pub fn open(&self) {
+        rabbitmqctl(&["add_vhost", &self.name]);
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &self.name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+    }
+
+    fn named() -> Self {
         let name = format!("herald-test-{}-{}", std::process::id(), free_port());
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Some(Self { name })
+        Self { name }
     }
 
     pub fn amqp_url(&self) -> String {
