@@ -7,7 +7,11 @@
 //!
 //! The trait's reports (`sending`, `not_sent`, `throttled`) are not async:
 //! they go through a queue to a task that writes them to Redis, which
-//! [`SharedGate::run`] drives until shutdown.
+//! [`SharedGate::run`] drives until shutdown. The same task stamps again,
+//! every [`HOLD_REFRESH`], the places this node reserved but has not used
+//! yet (the dispatcher reserves before it waits for work): a place held
+//! longer than the window would otherwise drop out of it, and the call made
+//! in it later would be one more than the provider allows.
 //!
 //! Redis out of reach closes the gate: no call goes out while the records
 //! it would write are unreachable anyway.
@@ -32,6 +36,8 @@ use crate::store::{InstanceId, RateGate, RateSlot};
 /// later (50 ms let 429s through with the test suite running beside). At the
 /// reference 50/10s this costs 2% of the provider's capacity.
 const MARGIN: Duration = Duration::from_millis(200);
+/// How often reserved, unused places are stamped again: well inside the window.
+const HOLD_REFRESH: Duration = Duration::from_secs(1);
 /// How long the gate rests when Redis does not answer.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -52,6 +58,8 @@ pub struct SharedGate {
     instance: String,
     limit: RateLimit,
     next_id: AtomicU64,
+    /// Places reserved and not yet used or given back.
+    held: std::sync::Mutex<std::collections::HashSet<u64>>,
     reports: mpsc::UnboundedSender<Report>,
     pending_reports: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
 }
@@ -72,6 +80,7 @@ impl SharedGate {
             instance: instance.0.clone(),
             limit,
             next_id: AtomicU64::new(0),
+            held: std::sync::Mutex::new(std::collections::HashSet::new()),
             reports,
             pending_reports: std::sync::Mutex::new(Some(receiver)),
         }
@@ -95,25 +104,46 @@ impl SharedGate {
         let Some(mut reports) = taken else {
             return; // one writer per gate
         };
+        let mut refresh = tokio::time::interval(HOLD_REFRESH);
         loop {
-            let report = tokio::select! {
+            let written = tokio::select! {
                 () = shutdown.cancelled() => return,
-                report = reports.recv() => report,
+                report = reports.recv() => match report {
+                    Some(report) => self.write(report).await,
+                    None => return,
+                },
+                _ = refresh.tick() => self.stamp_held().await,
             };
-            let Some(report) = report else { return };
-            if let Err(error) = self.write(report).await {
+            if let Err(error) = written {
                 tracing::debug!(%error, "rate report not written; the window corrects itself");
             }
         }
     }
 
+    /// Stamps every held place at now, keeping it in the window.
+    async fn stamp_held(&self) -> Result<(), crate::store::StoreError> {
+        let held: Vec<u64> = self.held().iter().copied().collect();
+        for id in held {
+            self.stamp(id, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Stamps the place of slot `id` at now; `held`: only if it is still there.
+    async fn stamp(&self, id: u64, held: bool) -> Result<(), crate::store::StoreError> {
+        let mut sent = self.scripts.gate_sent.prepare_invoke();
+        sent.arg(&self.tag).arg(self.member(id)).arg(u8::from(held));
+        let _: i64 = self.redis.script(&sent).await?;
+        Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn write(&self, report: Report) -> Result<(), crate::store::StoreError> {
         match report {
-            Report::Sending(id) => {
-                let mut sent = self.scripts.gate_sent.prepare_invoke();
-                sent.arg(&self.tag).arg(self.member(id));
-                let _: i64 = self.redis.script(&sent).await?;
-            }
+            Report::Sending(id) => self.stamp(id, false).await?,
             Report::NotSent(id) => {
                 let log = format!("{}:rate:log", self.tag);
                 let _: i64 = self
@@ -162,6 +192,7 @@ impl RateGate for SharedGate {
                 .await;
             let wait = match reserved {
                 Ok((1, full)) => {
+                    self.held().insert(id);
                     return RateSlot {
                         id,
                         filled_window: full == 1,
@@ -182,10 +213,12 @@ impl RateGate for SharedGate {
     fn take_channel(&self, _channel: Channel) {}
 
     fn sending(&self, slot: &RateSlot) {
+        self.held().remove(&slot.id);
         self.report(Report::Sending(slot.id));
     }
 
     fn not_sent(&self, slot: RateSlot) {
+        self.held().remove(&slot.id);
         self.report(Report::NotSent(slot.id));
     }
 
