@@ -551,3 +551,54 @@ async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_
     }
     assert!(herald.terminate().await.success());
 }
+
+#[tokio::test]
+async fn a_redis_that_comes_back_empty_stops_the_node_from_serving() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let dir = TempDir::new().unwrap();
+    let herald = node(
+        &dir,
+        "http://127.0.0.1:9",
+        &scaleout_flags(&redis.url(), &vhost),
+    )
+    .await;
+    herald.wait_ready(&client).await;
+    herald.create(&client).await;
+    redis_command(&redis, &["FLUSHALL"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = client
+            .get(format!("{}/ready", herald.address))
+            .send()
+            .await
+            .unwrap();
+        if ready.status() == 503 {
+            let body: Value = ready.json().await.unwrap();
+            assert!(body.to_string().contains("lost"), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with its data gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let create = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(&email())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        create.status(),
+        503,
+        "no new work on a dataset that lost the old"
+    );
+    assert!(
+        !herald.terminate().await.success(),
+        "the node exits non-zero"
+    );
+}

@@ -89,6 +89,8 @@ pub struct ScaleoutStore {
     /// New work is due: wakes this node's mover.
     due: Notify,
     closed: AtomicBool,
+    /// Why the data this node served is gone (Redis came back empty), once it is.
+    lost: Mutex<Option<String>>,
 }
 
 impl ScaleoutStore {
@@ -140,7 +142,9 @@ impl ScaleoutStore {
             held: Mutex::new(HashMap::new()),
             due: Notify::new(),
             closed: AtomicBool::new(false),
+            lost: Mutex::new(None),
         });
+        store.mark_dataset().await?;
         store.beat().await?;
         store.refresh_pending().await?;
         tracing::info!(instance = %store.options.instance, pending = store.pending.load(Ordering::Relaxed), "scale-out engine open");
@@ -149,10 +153,17 @@ impl ScaleoutStore {
 
     /// Why the store refuses calls now, if it does.
     fn refusal(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.lost_reason() {
+            return Err(StoreError::Unavailable(reason));
+        }
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
         Ok(())
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Held>> {

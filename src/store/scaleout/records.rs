@@ -303,6 +303,9 @@ impl Records for ScaleoutStore {
     }
 
     fn storage_state(&self) -> StorageState {
+        if let Some(reason) = self.lost_reason() {
+            return StorageState::Lost(reason);
+        }
         if self.closed.load(Ordering::Acquire) {
             return StorageState::Unavailable("the store is closed".into());
         }
@@ -330,6 +333,10 @@ impl Records for ScaleoutStore {
             .command(cmd("DEL").arg(self.node_key(&self.options.instance)))
             .await;
         tracing::info!("scale-out engine closed");
-        Ok(())
+        // A node that saw its data lost exits non-zero, as a lost embedded store does.
+        match self.lost_reason() {
+            Some(reason) => Err(StoreError::Unavailable(reason)),
+            None => Ok(()),
+        }
     }
 }
