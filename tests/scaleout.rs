@@ -602,3 +602,56 @@ async fn a_redis_that_comes_back_empty_stops_the_node_from_serving() {
         "the node exits non-zero"
     );
 }
+
+#[tokio::test]
+async fn a_breaker_that_opens_at_one_node_holds_them_all() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let failing = herald::simulator::SimConfig {
+        error_rate: 1.0,
+        ..fast_provider()
+    };
+    let provider = Simulator::spawn(failing).await.unwrap();
+    let client = reqwest::Client::new();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut nodes = Vec::new();
+    // Only the first node's breaker opens (at the first failure); the others'
+    // would never, so any pause they keep is the shared one.
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut flags = scaleout_flags(&redis.url(), &vhost);
+        let threshold = if i == 0 { "1" } else { "1000000" };
+        flags.extend(
+            [
+                "--breaker-threshold",
+                threshold,
+                "--breaker-cooldown-ms",
+                "5000",
+            ]
+            .map(String::from),
+        );
+        flags.extend(["--max-attempts", "1000000"].map(String::from));
+        nodes.push(node(dir, &provider.url(), &flags).await);
+    }
+    for i in 0..30 {
+        let herald = &nodes[i % 3];
+        let id = herald.create(&client).await;
+        assert_eq!(herald.process(&client, &id).await, 202);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = provider.simulator.calls();
+    let first = calls
+        .iter()
+        .map(|c| c.at_ms)
+        .min()
+        .expect("calls were made");
+    let held = calls
+        .iter()
+        .filter(|c| c.at_ms >= first + 1_000 && c.at_ms < first + 3_500)
+        .count();
+    assert!(
+        held <= 5,
+        "{held} calls went out while the first node's breaker was open ({} in all)",
+        calls.len()
+    );
+}

@@ -289,6 +289,11 @@ pub trait RateGate: Send + Sync {
 
     /// The provider answered the slot's call without throttling.
     fn relieved(&self, slot: &RateSlot);
+
+    /// The provider is failing: this process's circuit breaker is open for
+    /// `hold`. A gate shared by several nodes holds all of them that long;
+    /// a gate of one process has nothing to add (the breaker holds it).
+    fn provider_down(&self, _hold: Duration) {}
 }
 
 /// One engine, as the rest of Herald sees it.

@@ -3,7 +3,8 @@
 //! calls in Redis (`lua/gate_reserve.lua`), the form the provider itself
 //! counts in. A `429` at any node lowers the limit for all of them (halved,
 //! growing back 10% a second) and a `Retry-After` pauses all of them
-//! (`lua/gate_throttled.lua`).
+//! (`lua/gate_throttled.lua`); so does an open circuit breaker at any node,
+//! for its cool-down.
 //!
 //! The trait's reports (`sending`, `not_sent`, `throttled`) are not async:
 //! they go through a queue to a task that writes them to Redis, which
@@ -48,6 +49,8 @@ enum Report {
     /// The slot was not used: its place is free again.
     NotSent(u64),
     Throttled(Option<Duration>),
+    /// A breaker opened: hold every node this long.
+    ProviderDown(Duration),
 }
 
 pub struct SharedGate {
@@ -152,19 +155,28 @@ impl SharedGate {
                     .await?;
             }
             Report::Throttled(retry_after) => {
-                let pause = retry_after.map_or(0, |d| d.as_millis() as u64);
-                let _: i64 = self
-                    .redis
-                    .script(
-                        self.scripts
-                            .gate_throttled
-                            .arg(&self.tag)
-                            .arg(self.limit.calls)
-                            .arg(pause),
-                    )
-                    .await?;
+                let pause = retry_after.map_or(Duration::ZERO, |d| d);
+                self.pause(pause, true).await?;
             }
+            Report::ProviderDown(hold) => self.pause(hold, false).await?,
         }
+        Ok(())
+    }
+
+    /// Pauses every node for `pause` (zero: not at all), halving the
+    /// cluster's limit too when `halve`.
+    async fn pause(&self, pause: Duration, halve: bool) -> Result<(), crate::store::StoreError> {
+        let _: i64 = self
+            .redis
+            .script(
+                self.scripts
+                    .gate_throttled
+                    .arg(&self.tag)
+                    .arg(self.limit.calls)
+                    .arg(pause.as_millis() as u64)
+                    .arg(u8::from(halve)),
+            )
+            .await?;
         Ok(())
     }
 
@@ -227,4 +239,8 @@ impl RateGate for SharedGate {
     }
 
     fn relieved(&self, _slot: &RateSlot) {}
+
+    fn provider_down(&self, hold: Duration) {
+        self.report(Report::ProviderDown(hold));
+    }
 }
