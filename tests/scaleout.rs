@@ -15,6 +15,14 @@ use herald::simulator::Simulator;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// An HTTP client whose every call has a deadline.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client")
+}
+
 /// The private services, or `None` (the test is skipped) when missing.
 fn services() -> Option<(PrivateRedis, Vhost)> {
     Some((PrivateRedis::start()?, Vhost::create()?))
@@ -87,7 +95,7 @@ async fn an_operator_may_accept_a_volatile_redis_and_ready_says_so() {
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = reqwest::Client::new();
+    let client = client();
     let _: () = redis_command(&redis, &["CONFIG", "SET", "appendfsync", "everysec"]);
     let dir = TempDir::new().unwrap();
     let mut flags = scaleout_flags(&redis.url(), &vhost);
@@ -116,7 +124,7 @@ async fn one_node_creates_processes_and_delivers_with_the_history() {
         return;
     };
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let dir = TempDir::new().unwrap();
     let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
     herald.wait_ready(&client).await;
@@ -172,7 +180,7 @@ async fn two_hundred_racing_creates_with_one_key_over_three_nodes_make_one_reque
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = reqwest::Client::new();
+    let client = client();
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let flags = scaleout_flags(&redis.url(), &vhost);
     let mut nodes = Vec::new();
@@ -230,7 +238,7 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
         return;
     };
     let provider = spawn_provider_with_latency(100, 500).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let flags = scaleout_flags(&redis.url(), &vhost);
     let mut nodes = Vec::new();
@@ -238,15 +246,35 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
         nodes.push(node(dir, &provider.url(), &flags).await);
     }
     let priorities = ["high", "normal", "low"];
+    let channels = ["email", "sms", "push"];
     let mut ids = Vec::new();
-    for i in 0..150 {
+    let mut killed: Option<(tokio::time::Instant, u64)> = None;
+    for i in 0..600 {
+        // Halfway through, kill node 2 while calls are in flight; the rest
+        // of the requests go to the two nodes left.
+        if i == 300 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while provider.simulator.calls_in_progress() < 5 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "calls never got in flight"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let in_flight = provider.simulator.calls_in_progress();
+            nodes[1].kill();
+            killed = Some((tokio::time::Instant::now(), in_flight));
+        }
+        let herald = match (killed.is_some(), i % 3) {
+            (true, 1) => &nodes[2],
+            (_, n) => &nodes[n],
+        };
         let body = json!({
             "to": "user@example.com",
             "message": format!("message {i}"),
-            "type": "email",
+            "type": channels[(i / 3) % 3],
             "priority": priorities[i % 3],
         });
-        let herald = &nodes[i % 3];
         let response = client
             .post(format!("{}/v1/requests", herald.address))
             .json(&body)
@@ -261,20 +289,10 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
         assert_eq!(herald.process(&client, &id).await, 202);
         ids.push(id);
     }
-    // Kill node 2 while calls are in flight.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while provider.simulator.calls_in_progress() < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "calls never got in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let in_flight_at_kill = provider.simulator.calls_in_progress();
-    nodes[1].kill();
-    let killed_at = tokio::time::Instant::now();
+    let (killed_at, in_flight_at_kill) = killed.expect("node 2 was killed");
     let survivor = &nodes[0];
     all_final(survivor, &client, &ids, Duration::from_secs(60)).await;
+    let all_final_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(15).saturating_sub(killed_at.elapsed())).await;
     let mut duplicates = 0;
     let mut recovered = 0;
@@ -290,6 +308,9 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
         let events = events["events"].as_array().cloned().unwrap_or_default();
         recovered += usize::from(events.iter().any(|e| e["event"] == "lease_recovered"));
     }
+    eprintln!(
+        "node kill: every request final {all_final_after:?} after the kill; {duplicates} sent twice, {in_flight_at_kill} calls in flight at the kill; {recovered} with lease_recovered"
+    );
     assert!(
         duplicates <= in_flight_at_kill,
         "{duplicates} ids sent twice, more than the {in_flight_at_kill} calls in flight at the kill"
@@ -306,10 +327,7 @@ async fn a_redis_killed_and_restarted_keeps_every_acknowledged_request_and_dispa
         return;
     };
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = client();
     let dir = TempDir::new().unwrap();
     let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
     herald.wait_ready(&client).await;
@@ -387,7 +405,7 @@ async fn three_nodes_share_one_rate_limit_and_deliver_at_the_providers_pace() {
         ..herald::simulator::SimConfig::default()
     };
     let provider = Simulator::spawn(reference).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let mut flags = scaleout_flags(&redis.url(), &vhost);
     flags.extend(["--rate-limit".to_string(), "50/10s".to_string()]);
@@ -442,7 +460,7 @@ async fn high_priority_work_overtakes_a_low_backlog_across_nodes() {
         return;
     };
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let mut flags = scaleout_flags(&redis.url(), &vhost);
     flags.extend(["--rate-limit".to_string(), "10/1s".to_string()]);
@@ -514,7 +532,7 @@ async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_
         return;
     };
     let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let dir = TempDir::new().unwrap();
     let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
     herald.wait_ready(&client).await;
@@ -557,7 +575,7 @@ async fn a_redis_that_comes_back_empty_stops_the_node_from_serving() {
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = reqwest::Client::new();
+    let client = client();
     let dir = TempDir::new().unwrap();
     let herald = node(
         &dir,
@@ -613,7 +631,7 @@ async fn a_breaker_that_opens_at_one_node_holds_them_all() {
         ..fast_provider()
     };
     let provider = Simulator::spawn(failing).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let mut nodes = Vec::new();
     // Only the first node's breaker opens (at the first failure); the others'
