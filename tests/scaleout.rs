@@ -673,3 +673,65 @@ async fn a_breaker_that_opens_at_one_node_holds_them_all() {
         calls.len()
     );
 }
+
+#[tokio::test]
+async fn a_broker_killed_under_load_loses_nothing_and_delivery_resumes_when_it_is_back() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let Some(mut rabbit) = common::services::PrivateRabbit::start() else {
+        return;
+    };
+    let provider = spawn_provider_with_latency(50, 150).await;
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let flags = [
+        "--backend".to_string(),
+        "scaleout".into(),
+        "--redis-url".into(),
+        redis.url(),
+        "--amqp-url".into(),
+        rabbit.amqp_url(),
+    ];
+    let herald = node(&dir, &provider.url(), &flags).await;
+    herald.wait_ready(&client).await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let id = herald.create(&client).await;
+        assert_eq!(herald.process(&client, &id).await, 202);
+        ids.push(id);
+    }
+    rabbit.kill();
+    // The broker is gone: creates and processes still answer.
+    for _ in 0..50 {
+        let id = herald.create(&client).await;
+        assert_eq!(
+            herald.process(&client, &id).await,
+            202,
+            "process without the broker"
+        );
+        ids.push(id);
+    }
+    let calls_at_kill = provider.simulator.calls().len();
+    rabbit.restart();
+    let back = tokio::time::Instant::now();
+    let deadline = back + Duration::from_secs(30);
+    while provider.simulator.calls().len() == calls_at_kill && calls_at_kill < ids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery within 30 s of the broker's return"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_delivery = back.elapsed();
+    all_final(&herald, &client, &ids, Duration::from_secs(30)).await;
+    eprintln!(
+        "broker restart: first delivery {first_delivery:?} after it listened again, every request final {:?} after",
+        back.elapsed()
+    );
+    for id in &ids {
+        assert_eq!(herald.request(&client, id).await["status"], "sent", "{id}");
+        assert!(provider.simulator.deliveries_of(id) >= 1, "{id} delivered");
+    }
+    assert!(herald.terminate().await.success());
+}

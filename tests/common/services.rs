@@ -185,3 +185,114 @@ fn wait_for_port(port: u16, what: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A RabbitMQ node of its own (its node name, AMQP and distribution ports,
+/// data and logs in a temporary directory owned by the `rabbitmq` user, as
+/// Debian's wrapper runs the node as that user), for the tests that kill the
+/// broker. Killed on drop.
+pub struct PrivateRabbit {
+    wrapper: Child,
+    dir: TempDir,
+    pub port: u16,
+    dist_port: u16,
+    node: String,
+}
+
+impl PrivateRabbit {
+    /// `None`, with a message, when `rabbitmq-server` is not installed.
+    pub fn start() -> Option<Self> {
+        if !installed("rabbitmq-server") {
+            eprintln!("skipped: rabbitmq-server is not installed");
+            return None;
+        }
+        let dir = TempDir::new().expect("a temporary directory");
+        let port = free_port();
+        let dist_port = free_port();
+        let node = format!("herald-t{port}@localhost");
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .expect("the node's config");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("no plugins");
+        let owned = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(dir.path())
+            .status()
+            .expect("chown runs");
+        assert!(owned.success(), "the node's directory given to rabbitmq");
+        let wrapper = spawn_rabbit(&dir, port, dist_port, &node);
+        let rabbit = Self {
+            wrapper,
+            dir,
+            port,
+            dist_port,
+            node,
+        };
+        wait_for_port(port, "the private RabbitMQ");
+        Some(rabbit)
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// SIGKILL to the broker itself (not its wrapper script).
+    pub fn kill(&mut self) {
+        let pid_file = self.dir.path().join("pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("the node wrote its pid");
+        let pid: libc::pid_t = pid.trim().parse().expect("a pid");
+        // SAFETY: kill(2) on the broker this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.wrapper.kill();
+        let _ = self.wrapper.wait();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the broker still answers after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+
+    /// Starts the broker again on its port and data, after [`Self::kill`].
+    pub fn restart(&mut self) {
+        self.wrapper = spawn_rabbit(&self.dir, self.port, self.dist_port, &self.node);
+        wait_for_port(self.port, "the restarted RabbitMQ");
+    }
+}
+
+fn spawn_rabbit(dir: &TempDir, port: u16, dist_port: u16, node: &str) -> Child {
+    let path = dir.path();
+    Command::new("rabbitmq-server")
+        .env("RABBITMQ_CONFIG_FILE", path.join("rabbitmq.conf"))
+        .env(
+            "RABBITMQ_ENABLED_PLUGINS_FILE",
+            path.join("enabled_plugins"),
+        )
+        .env("RABBITMQ_NODENAME", node)
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+        .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", path.join("log"))
+        .env("RABBITMQ_PID_FILE", path.join("pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rabbitmq-server starts")
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pid"))
+            && let Ok(pid) = pid.trim().parse::<libc::pid_t>()
+        {
+            // SAFETY: kill(2) on the broker this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.wrapper.kill();
+        let _ = self.wrapper.wait();
+    }
+}
