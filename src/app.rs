@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiLimits, AppState};
-use crate::config::{BackendKind, GatewayConfig};
+use crate::config::{BackendKind, DispatchMode, GatewayConfig};
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
 use crate::keys::{self, KeyError, Keys};
@@ -193,6 +193,12 @@ async fn open_backend(config: &GatewayConfig) -> Result<Backend, AppError> {
             work: store,
             gate,
         });
+    }
+    if config.dispatch == DispatchMode::External {
+        return Err(AppError::Store(StoreError::Refused(
+            "--dispatch external needs --backend scaleout (external senders consume RabbitMQ)"
+                .into(),
+        )));
     }
     let store = Arc::new(EmbeddedStore::open_with(
         &config.data_dir,

@@ -307,6 +307,19 @@ pub struct GatewayConfig {
     /// Scale-out: unacknowledged deliveries a node holds per channel queue.
     #[arg(long, env = "HERALD_PREFETCH", default_value_t = 4)]
     pub prefetch: u16,
+
+    /// Who calls the provider: `provider` (Herald does) or, scale-out only,
+    /// `external` (senders of your own consume `herald.work.<channel>` and
+    /// report `{id, seq, outcome}` on `herald.status`).
+    #[arg(long, env = "HERALD_DISPATCH", value_enum, default_value = "provider")]
+    pub dispatch: DispatchMode,
+}
+
+/// Who calls the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DispatchMode {
+    Provider,
+    External,
 }
 
 /// The engine behind the seam.
@@ -379,6 +392,7 @@ impl GatewayConfig {
             allow_volatile: self.allow_volatile_redis,
             lease_for: Duration::from_millis(self.request_timeout_ms) * 6,
             prefetch: self.prefetch.max(1),
+            external: self.dispatch == DispatchMode::External,
         }
     }
 

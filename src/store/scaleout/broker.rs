@@ -5,6 +5,10 @@
 //! consumers take a small prefetch and ack by hand only once the outcome is
 //! in Redis (`work.rs`).
 //!
+//! With `--dispatch external` the node consumes no work: senders of the
+//! operator's own do, and report back on the durable queue `herald.status`
+//! (`reports.rs` applies them); the node consumes that queue instead.
+//!
 //! One connection per node, two channels (publishing, consuming). The
 //! session declares the topology every time it connects, and a lost
 //! connection is retried with backoff while the work waits in Redis' due set
@@ -28,6 +32,8 @@ use super::codec::Pointer;
 use crate::domain::Channel;
 
 const EXCHANGE: &str = "herald.work";
+/// Where external senders report outcomes (through the default exchange).
+pub(super) const STATUS_QUEUE: &str = "herald.status";
 /// Priority levels per queue: each is a sub-queue in RabbitMQ, so few.
 const MAX_PRIORITY: u8 = 3;
 /// How long a connection, a declaration or a confirm may take.
@@ -66,6 +72,8 @@ pub(super) struct Outgoing {
 pub(super) struct Broker {
     url: String,
     prefetch: u16,
+    /// `--dispatch external`: consume reports, not work.
+    external: bool,
     /// The publishing channel of the current session, if one is up.
     publisher: Mutex<Option<lapin::Channel>>,
     /// A session came up: the mover may publish.
@@ -74,17 +82,24 @@ pub(super) struct Broker {
     pub inbox: Mutex<Vec<Delivered>>,
     /// A delivery arrived in the inbox.
     pub arrived: Notify,
+    /// External senders' reports waiting to be applied, oldest first.
+    pub reports: Mutex<Vec<Delivery>>,
+    /// A report arrived.
+    pub reported: Notify,
 }
 
 impl Broker {
-    pub fn new(url: String, prefetch: u16) -> Self {
+    pub fn new(url: String, prefetch: u16, external: bool) -> Self {
         Self {
             url,
             prefetch,
+            external,
             publisher: Mutex::new(None),
             connected: Notify::new(),
             inbox: Mutex::new(Vec::new()),
             arrived: Notify::new(),
+            reports: Mutex::new(Vec::new()),
+            reported: Notify::new(),
         }
     }
 
@@ -96,6 +111,10 @@ impl Broker {
             self.set_publisher(None);
             // Their channel is gone: the broker gives them to a consumer again.
             self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             match ended {
                 Ok(()) => return,
                 Err(error) => tracing::warn!(%error, retry_in = ?backoff, "RabbitMQ session ended"),
@@ -125,11 +144,16 @@ impl Broker {
         let consuming = bounded(connection.create_channel()).await?;
         bounded(consuming.basic_qos(self.prefetch, BasicQosOptions::default())).await?;
         declare(&publisher).await?;
+        let queues: Vec<String> = if self.external {
+            vec![STATUS_QUEUE.to_string()]
+        } else {
+            Channel::ALL.iter().map(|c| queue_name(*c)).collect()
+        };
         let mut consumers = Vec::new();
-        for channel in Channel::ALL {
+        for queue in queues {
             let consumer = consuming.basic_consume(
-                queue_name(*channel).into(),
-                format!("herald-{channel}").into(),
+                queue.as_str().into(),
+                format!("herald-{queue}").into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             );
@@ -164,6 +188,14 @@ impl Broker {
     /// Puts a delivery in the inbox; drops (acks) one Herald cannot read,
     /// since no node ever could.
     async fn accept(&self, delivery: Delivery) {
+        if delivery.routing_key.as_str() == STATUS_QUEUE {
+            self.reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(delivery);
+            self.reported.notify_one();
+            return;
+        }
         let pointer = serde_json::from_slice::<Pointer>(&delivery.data);
         let channel = delivery.routing_key.as_str().parse::<Channel>();
         match (pointer, channel) {
@@ -251,7 +283,8 @@ pub(super) fn queue_name(channel: Channel) -> String {
     format!("{EXCHANGE}.{channel}")
 }
 
-/// The exchange, and per channel its priority queue bound by routing key.
+/// The exchange, per channel its priority queue bound by routing key, and
+/// the status queue.
 async fn declare(channel: &lapin::Channel) -> Result<(), BrokerError> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
@@ -284,6 +317,12 @@ async fn declare(channel: &lapin::Channel) -> Result<(), BrokerError> {
         );
         bounded(bind).await?;
     }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let status = channel.queue_declare(STATUS_QUEUE.into(), durable_queue, FieldTable::default());
+    bounded(status).await?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 //!   into a lease, acked once its outcome is recorded;
 //! - `liveness.rs`: each node's liveness key and the rescuer of dead
 //!   nodes' leases;
+//! - `reports.rs`: external senders' reports (`--dispatch external`);
 //! - `gate.rs`: [`RateGate`](crate::store::RateGate), one sliding window
 //!   shared by every node.
 //!
@@ -28,6 +29,7 @@ mod link;
 mod liveness;
 mod mover;
 mod records;
+mod reports;
 mod scripts;
 mod work;
 
@@ -62,6 +64,9 @@ pub struct ScaleoutOptions {
     pub lease_for: Duration,
     /// Unacknowledged deliveries per queue a node holds.
     pub prefetch: u16,
+    /// `--dispatch external`: senders of the operator's own consume the work
+    /// and report on `herald.status`; this node calls no provider.
+    pub external: bool,
 }
 
 /// A leased delivery: its schedule (the fence) and its message to ack.
@@ -134,7 +139,7 @@ impl ScaleoutStore {
             redis,
             scripts,
             tag,
-            broker: Broker::new(options.amqp_url.clone(), options.prefetch),
+            broker: Broker::new(options.amqp_url.clone(), options.prefetch, options.external),
             gate: gate.clone(),
             options,
             volatile,

@@ -322,6 +322,7 @@ impl Records for ScaleoutStore {
             self.move_due(shutdown.clone()),
             self.keep_alive(shutdown.clone()),
             self.gate.run(shutdown.clone()),
+            self.apply_reports(shutdown.clone()),
         );
     }
 
