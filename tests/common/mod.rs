@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
 pub mod child;
+pub mod nodes;
 pub mod services;
 pub mod tmpfs;
 
