@@ -44,6 +44,7 @@ impl RedisLink {
             StoreError::Refused(format!("Redis at {} did not answer", super::redacted(url)))
         })?
         .map_err(refused)?;
+        crate::instruments::storage_state("serving");
         Ok(Self {
             connection,
             failure: Mutex::new(None),
@@ -89,6 +90,7 @@ impl RedisLink {
             Ok(Ok(value)) => {
                 if let Some(reason) = failure.take() {
                     tracing::info!(was = reason, "Redis answers again");
+                    crate::instruments::storage_state("serving");
                 }
                 Ok(value)
             }
@@ -107,6 +109,7 @@ impl RedisLink {
     fn failed(&self, failure: &mut Option<String>, reason: String) -> StoreError {
         if failure.is_none() {
             tracing::warn!(%reason, "Redis unavailable");
+            crate::instruments::storage_state("unavailable");
         }
         *failure = Some(reason.clone());
         StoreError::Unavailable(reason)

@@ -68,6 +68,7 @@ impl ScaleoutStore {
                 self.meta_key()
             );
             tracing::error!(%reason, "data lost");
+            crate::instruments::storage_state("lost");
             *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         }
         Ok(())
