@@ -308,3 +308,37 @@ async fn a_redis_that_comes_back_empty_stops_the_node_from_serving() {
         "the node exits non-zero"
     );
 }
+
+#[tokio::test]
+async fn scripts_redis_forgot_are_loaded_again() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
+    herald.wait_ready(&client).await;
+    let first = herald.create(&client).await;
+    assert_eq!(herald.process(&client, &first).await, 202);
+    all_final(
+        &herald,
+        &client,
+        std::slice::from_ref(&first),
+        Duration::from_secs(15),
+    )
+    .await;
+    // As after a restart: Redis keeps no script.
+    redis_command(&redis, &["SCRIPT", "FLUSH"]);
+    let second = herald.create(&client).await;
+    assert_eq!(herald.process(&client, &second).await, 202);
+    all_final(
+        &herald,
+        &client,
+        std::slice::from_ref(&second),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(herald.request(&client, &second).await["status"], "sent");
+    assert!(herald.terminate().await.success());
+}
