@@ -247,7 +247,9 @@ async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_
     let client = client();
     let dir = TempDir::new().unwrap();
     let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
-    herald.wait_ready(&client).await;
+    let ready = herald.wait_ready(&client).await;
+    let warning = ready["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("RabbitMQ unreachable"), "{ready}");
     let mut ids = Vec::new();
     for _ in 0..10 {
         let id = herald.create(&client).await;
@@ -272,6 +274,11 @@ async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_
     vhost.open();
     all_final(&herald, &client, &ids, Duration::from_secs(30)).await;
     eprintln!("RabbitMQ back → all delivered in {:?}", back.elapsed());
+    let ready = herald.wait_ready(&client).await;
+    assert!(
+        ready.get("warning").is_none(),
+        "no warning once it is back: {ready}"
+    );
     for id in &ids {
         assert_eq!(
             provider.simulator.deliveries_of(id),

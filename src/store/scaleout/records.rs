@@ -312,8 +312,13 @@ impl Records for ScaleoutStore {
         self.redis.state()
     }
 
+    /// A volatile Redis, and RabbitMQ out of reach: neither stops the API
+    /// (work waits in Redis), but an operator should know.
     fn warning(&self) -> Option<String> {
-        self.volatile.clone()
+        let broker = (!self.broker.is_connected())
+            .then(|| "RabbitMQ unreachable: new work waits in Redis until it is back".to_string());
+        let warnings: Vec<String> = self.volatile.iter().cloned().chain(broker).collect();
+        (!warnings.is_empty()).then(|| warnings.join("; "))
     }
 
     async fn maintain(&self, shutdown: CancellationToken) {
