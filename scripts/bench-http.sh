@@ -24,6 +24,9 @@
 # the commit when the tree is not a git checkout), BASELINE_BIN (unset: another
 # herald binary, say one built from an older commit, measured in the same run
 # right after Herald, on BASELINE_PORT (5103); the summary gives herald/baseline).
+# HERALD_SERVE_FLAGS and BASELINE_SERVE_FLAGS (unset): extra flags for each
+# `serve`, split on spaces: say `--backend scaleout --redis-url ... --amqp-url ...`
+# for Herald and nothing for the baseline, to compare the engines in one run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -111,22 +114,25 @@ if [[ -n ${HERALD_RUST_LOG:-} ]]; then
   herald_env=(env "RUST_LOG=$HERALD_RUST_LOG")
 fi
 
-# start_serve NAME BINARY PORT DATA_DIR: starts `serve`; sets STARTED_PID.
+# start_serve NAME BINARY PORT DATA_DIR [FLAGS...]: starts `serve`; sets STARTED_PID.
 start_serve() {
   local name=$1 bin=$2 port=$3 data=$4
-  log "starting $name ($bin serve) on 127.0.0.1:$port (data dir $data)"
+  shift 4
+  log "starting $name ($bin serve $*) on 127.0.0.1:$port (data dir $data)"
   "${herald_env[@]}" "$bin" serve \
     --listen "127.0.0.1:$port" \
     --data-dir "$data" \
-    --provider-url "http://127.0.0.1:$SIM_PORT" >"$WORK/$name.log" 2>&1 &
+    --provider-url "http://127.0.0.1:$SIM_PORT" "$@" >"$WORK/$name.log" 2>&1 &
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
 }
 
-start_serve herald "$HERALD_BIN" "$HERALD_PORT" "$DATA_DIR"
+# shellcheck disable=SC2086 # the extra flags are split on purpose
+start_serve herald "$HERALD_BIN" "$HERALD_PORT" "$DATA_DIR" ${HERALD_SERVE_FLAGS:-}
 HERALD_PID=$STARTED_PID
 if [[ -n $BASELINE_BIN ]]; then
-  start_serve baseline "$BASELINE_BIN" "$BASELINE_PORT" "$WORK/baseline-data"
+  # shellcheck disable=SC2086 # the extra flags are split on purpose
+  start_serve baseline "$BASELINE_BIN" "$BASELINE_PORT" "$WORK/baseline-data" ${BASELINE_SERVE_FLAGS:-}
   BASELINE_PID=$STARTED_PID
   wait_ready "http://127.0.0.1:$BASELINE_PORT/ready" baseline "$BASELINE_PID"
 fi
@@ -283,7 +289,8 @@ for _ in $(seq 100); do
 done
 kill -0 "$HERALD_PID" 2>/dev/null && die "herald did not stop within 10 s of SIGTERM"
 wait "$HERALD_PID" 2>/dev/null || true
-DATA_SIZE=$(du -sh "$DATA_DIR" | cut -f1)
+# The scale-out engine keeps nothing in the data dir: "none".
+DATA_SIZE=$( (du -sh "$DATA_DIR" 2>/dev/null || echo none) | cut -f1)
 
 echo
 echo "== HTTP: durable create vs no-op =="

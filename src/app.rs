@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiLimits, AppState};
-use crate::config::GatewayConfig;
+use crate::config::{BackendKind, DispatchMode, GatewayConfig};
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::instruments;
 use crate::keys::{self, KeyError, Keys};
@@ -19,6 +19,7 @@ use crate::retention;
 use crate::server::{self, ServerSettings};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::embedded::pacing::{InvalidRate, Pacer};
+use crate::store::scaleout::ScaleoutStore;
 use crate::store::{Backend, Records, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,7 @@ impl Application {
     pub async fn build(config: &GatewayConfig) -> Result<Self, AppError> {
         // Installed first, so the store's recovery at open is counted.
         let metrics = instruments::install()?;
-        let backend = open_backend(config)?;
+        let backend = open_backend(config).await?;
         let (client_keys, metrics_key) = (&config.client_keys_file, &config.metrics_key_file);
         let keys = Arc::new(Keys::load(client_keys.as_deref(), metrics_key.as_deref())?);
         keys::warn_if_open(&keys, config.listen);
@@ -181,9 +182,24 @@ impl Application {
     }
 }
 
-/// Opens the engine the configuration names: the embedded store, with the
-/// in-process rate gate.
-fn open_backend(config: &GatewayConfig) -> Result<Backend, AppError> {
+/// Opens the engine the configuration names: the embedded store with the
+/// in-process rate gate, or the scale-out engine with its shared one.
+async fn open_backend(config: &GatewayConfig) -> Result<Backend, AppError> {
+    if config.backend == BackendKind::Scaleout {
+        let (store, gate) =
+            ScaleoutStore::open(config.scaleout_options(), &config.rate_settings()).await?;
+        return Ok(Backend {
+            records: store.clone(),
+            work: store,
+            gate,
+        });
+    }
+    if config.dispatch == DispatchMode::External {
+        return Err(AppError::Store(StoreError::Refused(
+            "--dispatch external needs --backend scaleout (external senders consume RabbitMQ)"
+                .into(),
+        )));
+    }
     let store = Arc::new(EmbeddedStore::open_with(
         &config.data_dir,
         &config.store_options(),

@@ -20,6 +20,7 @@ use crate::simulator::SimConfig;
 use crate::store::InstanceId;
 use crate::store::embedded::StoreOptions;
 use crate::store::embedded::pacing::{RateLimit, RateSettings};
+use crate::store::scaleout::ScaleoutOptions;
 
 /// Where the provider lives when nothing else is said (the compose service name).
 pub const DEFAULT_PROVIDER_URL: &str = "http://provider:3001";
@@ -268,6 +269,64 @@ pub struct GatewayConfig {
     /// This gateway's name on the leases it takes. [default: host name:pid]
     #[arg(long, env = "HERALD_INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// Which engine holds the requests and the work: `embedded` (sled in
+    /// --data-dir, one process) or `scaleout` (Redis and RabbitMQ, any
+    /// number of nodes).
+    #[arg(long, env = "HERALD_BACKEND", value_enum, default_value = "embedded")]
+    pub backend: BackendKind,
+
+    /// Scale-out: the Redis holding the records (AOF `appendfsync always`,
+    /// `noeviction`: checked at start).
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: ServiceUrl,
+
+    /// Scale-out: the RabbitMQ carrying the work; its path is the vhost.
+    #[arg(
+        long,
+        env = "HERALD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: ServiceUrl,
+
+    /// Scale-out: every Redis key lives under the hash tag `{PREFIX}`; one
+    /// prefix per cluster sharing a Redis.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
+    /// Scale-out: start even on a Redis that may lose acknowledged writes
+    /// (no AOF, no fsync per write, or an evicting policy); logged, and shown
+    /// in `/ready`.
+    #[arg(long, env = "HERALD_ALLOW_VOLATILE_REDIS")]
+    pub allow_volatile_redis: bool,
+
+    /// Scale-out: unacknowledged deliveries a node holds per channel queue.
+    #[arg(long, env = "HERALD_PREFETCH", default_value_t = 4)]
+    pub prefetch: u16,
+
+    /// Who calls the provider: `provider` (Herald does) or, scale-out only,
+    /// `external` (senders of your own consume `herald.work.<channel>` and
+    /// report `{id, seq, outcome}` on `herald.status`).
+    #[arg(long, env = "HERALD_DISPATCH", value_enum, default_value = "provider")]
+    pub dispatch: DispatchMode,
+}
+
+/// Who calls the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DispatchMode {
+    Provider,
+    External,
+}
+
+/// The engine behind the seam.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Embedded,
+    Scaleout,
 }
 
 impl GatewayConfig {
@@ -324,6 +383,19 @@ impl GatewayConfig {
         }
     }
 
+    pub fn scaleout_options(&self) -> ScaleoutOptions {
+        ScaleoutOptions {
+            redis_url: self.redis_url.as_str().to_string(),
+            amqp_url: self.amqp_url.as_str().to_string(),
+            prefix: self.redis_prefix.clone(),
+            instance: self.instance_id(),
+            allow_volatile: self.allow_volatile_redis,
+            lease_for: Duration::from_millis(self.request_timeout_ms) * 6,
+            prefetch: self.prefetch.max(1),
+            external: self.dispatch == DispatchMode::External,
+        }
+    }
+
     pub fn server_settings(&self) -> ServerSettings {
         ServerSettings {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
@@ -373,6 +445,9 @@ impl GatewayConfig {
 /// (`https://user:****@host`): a URL can carry credentials too.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProviderUrl(String);
+
+/// The URL of a service Herald uses (Redis, RabbitMQ); `Debug` masks a password.
+pub type ServiceUrl = ProviderUrl;
 
 impl ProviderUrl {
     pub fn as_str(&self) -> &str {

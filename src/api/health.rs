@@ -38,7 +38,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
             detail: "the dispatcher is not running".into(),
         });
     }
-    Ok(Json(
-        json!({ "status": "ready", "pending": state.records.pending() }),
-    ))
+    let mut body = json!({ "status": "ready", "pending": state.records.pending() });
+    if let Some(warning) = state.records.warning() {
+        body["warning"] = json!(warning);
+    }
+    Ok(Json(body))
 }

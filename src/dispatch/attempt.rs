@@ -77,7 +77,12 @@ impl AttemptContext {
             _ => self.gate.relieved(slot),
         }
         if outcome.is_provider_failure() {
-            self.breaker.record_failure()
+            let open = self.breaker.record_failure();
+            if open {
+                // Other nodes sharing the gate hold too.
+                self.gate.provider_down(self.breaker.cooldown());
+            }
+            open
         } else {
             self.breaker.record_success();
             false

@@ -48,6 +48,11 @@ impl CircuitBreaker {
         breaker
     }
 
+    /// How long the breaker stays open before it lets a probe through.
+    pub fn cooldown(&self) -> std::time::Duration {
+        self.settings.cooldown
+    }
+
     #[cfg(test)]
     pub fn state(&self) -> BreakerState {
         *self.lock()

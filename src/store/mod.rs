@@ -13,13 +13,14 @@
 //!
 //! Each engine lives in its own folder and is the only code that knows its
 //! database: [`embedded`] (one process, its files in the data directory;
-//! the default).
+//! the default) and [`scaleout`] (several nodes sharing Redis and RabbitMQ).
 //!
 //! Data walks one way: HTTP → [`Records`] → [`WorkSource`] → dispatcher →
 //! provider → [`Records`].
 
 pub mod embedded;
 mod records;
+pub mod scaleout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,6 +216,12 @@ pub trait Records: Send + Sync {
     /// Whether writes can be made durable now.
     fn storage_state(&self) -> StorageState;
 
+    /// A standing risk to acknowledged writes the operator accepted (a
+    /// scale-out Redis started with `--allow-volatile-redis`), for `/ready`.
+    fn warning(&self) -> Option<String> {
+        None
+    }
+
     /// The engine's own upkeep until `shutdown` (the embedded engine reopens
     /// its database after a failed write).
     async fn maintain(&self, shutdown: CancellationToken);
@@ -282,6 +289,11 @@ pub trait RateGate: Send + Sync {
 
     /// The provider answered the slot's call without throttling.
     fn relieved(&self, slot: &RateSlot);
+
+    /// The provider is failing: this process's circuit breaker is open for
+    /// `hold`. A gate shared by several nodes holds all of them that long;
+    /// a gate of one process has nothing to add (the breaker holds it).
+    fn provider_down(&self, _hold: Duration) {}
 }
 
 /// One engine, as the rest of Herald sees it.

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
 pub mod child;
+pub mod nodes;
+pub mod services;
 pub mod tmpfs;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::app::{AppError, Application};
-use herald::config::GatewayConfig;
+use herald::config::{BackendKind, GatewayConfig};
 use herald::simulator::{RunningSimulator, SimConfig, Simulator};
 use herald::store::Records;
 use serde_json::{Value, json};
@@ -31,6 +33,8 @@ pub struct TestApp {
     pub provider: Option<RunningSimulator>,
     pub records: Arc<dyn Records>,
     pub data_dir: TempDir,
+    /// The private Redis and vhost when the suite runs on the scale-out engine.
+    services: Option<(services::PrivateRedis, services::Vhost)>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), AppError>>,
 }
@@ -97,6 +101,12 @@ pub async fn spawn_gateway(
     tweak: impl FnOnce(&mut GatewayConfig),
 ) -> TestApp {
     let mut config = test_config(&data_dir, provider_url);
+    let services = scaleout_services();
+    if let Some((redis, vhost)) = &services {
+        config.backend = BackendKind::Scaleout;
+        config.redis_url = redis.url().into();
+        config.amqp_url = vhost.amqp_url().into();
+    }
     tweak(&mut config);
     let app = Application::build(&config).await.expect("app builds");
     let address = format!("http://{}", app.local_addr().unwrap());
@@ -109,8 +119,26 @@ pub async fn spawn_gateway(
         provider: None,
         records,
         data_dir,
+        services,
         shutdown,
         task,
+    }
+}
+
+/// With `HERALD_TEST_BACKEND=scaleout`, the suites that start Herald through
+/// [`spawn_gateway`] run on the scale-out engine, each app on a private
+/// Redis and vhost of its own.
+fn scaleout_services() -> Option<(services::PrivateRedis, services::Vhost)> {
+    if std::env::var("HERALD_TEST_BACKEND").as_deref() != Ok("scaleout") {
+        return None;
+    }
+    let redis = services::PrivateRedis::start();
+    let vhost = services::Vhost::create();
+    match (redis, vhost) {
+        (Some(redis), Some(vhost)) => Some((redis, vhost)),
+        _ => {
+            panic!("HERALD_TEST_BACKEND=scaleout needs redis-server and RabbitMQ on 127.0.0.1:5672")
+        }
     }
 }
 
@@ -251,12 +279,14 @@ impl TestApp {
             shutdown,
             task,
             data_dir,
+            services,
             ..
         } = self;
         shutdown.cancel();
         let stopped = tokio::time::timeout(SETTLE_TIMEOUT, task).await;
         let stopped = stopped.expect("the app stops within the settle timeout");
         stopped.expect("app task").expect("clean shutdown");
+        drop(services);
         data_dir
     }
 }

@@ -1,0 +1,337 @@
+//! RabbitMQ: the work queue. A durable direct exchange `herald.work`
+//! routes each pointer message by channel to a durable classic queue
+//! `herald.work.<channel>` with `x-max-priority`, so the broker decides
+//! priority. Messages are persistent and published with confirms; the
+//! consumers take a small prefetch and ack by hand only once the outcome is
+//! in Redis (`work.rs`).
+//!
+//! With `--dispatch external` the node consumes no work: senders of the
+//! operator's own do, and report back on the durable queue `herald.status`
+//! (`reports.rs` applies them); the node consumes that queue instead.
+//!
+//! One connection per node, two channels (publishing, consuming). The
+//! session declares the topology every time it connects, and a lost
+//! connection is retried with backoff while the work waits in Redis' due set
+//! (`mover.rs` publishes only while a session is up).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::Pointer;
+use crate::domain::Channel;
+
+const EXCHANGE: &str = "herald.work";
+/// Where external senders report outcomes (through the default exchange).
+pub(super) const STATUS_QUEUE: &str = "herald.status";
+/// Priority levels per queue: each is a sub-queue in RabbitMQ, so few.
+const MAX_PRIORITY: u8 = 3;
+/// How long a connection, a declaration or a confirm may take.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BrokerError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not answer within {BROKER_TIMEOUT:?}")]
+    Timeout,
+    #[error("RabbitMQ is not connected")]
+    Disconnected,
+    #[error("the consumer of {0} stopped")]
+    ConsumerEnded(String),
+}
+
+/// A message taken from a queue, not yet acknowledged.
+pub(super) struct Delivered {
+    pub pointer: Pointer,
+    pub channel: Channel,
+    pub priority: u8,
+    /// The message as delivered, to acknowledge it by.
+    pub message: Delivery,
+}
+
+/// One message to publish.
+pub(super) struct Outgoing {
+    pub pointer: Pointer,
+    pub channel: Channel,
+    pub priority: u8,
+}
+
+pub(super) struct Broker {
+    url: String,
+    prefetch: u16,
+    /// `--dispatch external`: consume reports, not work.
+    external: bool,
+    /// The publishing channel of the current session, if one is up.
+    publisher: Mutex<Option<lapin::Channel>>,
+    /// A session came up: the mover may publish.
+    pub connected: Notify,
+    /// Deliveries waiting for the dispatcher, oldest first.
+    pub inbox: Mutex<Vec<Delivered>>,
+    /// A delivery arrived in the inbox.
+    pub arrived: Notify,
+    /// External senders' reports waiting to be applied, oldest first.
+    pub reports: Mutex<Vec<Delivery>>,
+    /// A report arrived.
+    pub reported: Notify,
+}
+
+impl Broker {
+    pub fn new(url: String, prefetch: u16, external: bool) -> Self {
+        Self {
+            url,
+            prefetch,
+            external,
+            publisher: Mutex::new(None),
+            connected: Notify::new(),
+            inbox: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            reports: Mutex::new(Vec::new()),
+            reported: Notify::new(),
+        }
+    }
+
+    /// Keeps a session up until `shutdown`, reconnecting with backoff.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let ended = self.session(&shutdown, &mut backoff).await;
+            self.set_publisher(None);
+            // Their channel is gone: the broker gives them to a consumer again.
+            self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            match ended {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(%error, retry_in = ?backoff, "RabbitMQ session ended"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection: declare, consume into the inbox, until it fails or
+    /// `shutdown`.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> Result<(), BrokerError> {
+        let connection = bounded(Connection::connect(
+            &self.url,
+            ConnectionProperties::default(),
+        ))
+        .await?;
+        let publisher = bounded(connection.create_channel()).await?;
+        bounded(publisher.confirm_select(ConfirmSelectOptions::default())).await?;
+        let consuming = bounded(connection.create_channel()).await?;
+        bounded(consuming.basic_qos(self.prefetch, BasicQosOptions::default())).await?;
+        declare(&publisher).await?;
+        let queues: Vec<String> = if self.external {
+            vec![STATUS_QUEUE.to_string()]
+        } else {
+            Channel::ALL.iter().map(|c| queue_name(*c)).collect()
+        };
+        let mut consumers = Vec::new();
+        for queue in queues {
+            let consumer = consuming.basic_consume(
+                queue.as_str().into(),
+                format!("herald-{queue}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            );
+            consumers.push(bounded(consumer).await?.boxed());
+        }
+        let mut deliveries = consumers
+            .into_iter()
+            .reduce(|a, b| a.race(b).boxed())
+            .ok_or(BrokerError::Disconnected)?;
+        self.set_publisher(Some(publisher));
+        self.connected.notify_waiters();
+        *backoff = BACKOFF_MIN;
+        tracing::info!("RabbitMQ session up; topology declared");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.set_publisher(None);
+                    // The consumers first, so no delivery is in flight as the connection goes.
+                    let _ = bounded(consuming.close(200, "herald stopping".into())).await;
+                    let _ = bounded(connection.close(200, "herald stopping".into())).await;
+                    return Ok(());
+                }
+                delivery = deliveries.next() => match delivery {
+                    Some(Ok(delivery)) => self.accept(delivery).await,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(BrokerError::ConsumerEnded("herald.work".into())),
+                },
+            }
+        }
+    }
+
+    /// Puts a delivery in the inbox; drops (acks) one Herald cannot read,
+    /// since no node ever could.
+    async fn accept(&self, delivery: Delivery) {
+        if delivery.routing_key.as_str() == STATUS_QUEUE {
+            self.reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(delivery);
+            self.reported.notify_one();
+            return;
+        }
+        let pointer = serde_json::from_slice::<Pointer>(&delivery.data);
+        let channel = delivery.routing_key.as_str().parse::<Channel>();
+        match (pointer, channel) {
+            (Ok(pointer), Ok(channel)) => {
+                let priority = delivery.properties.priority().unwrap_or(0);
+                let delivered = Delivered {
+                    pointer,
+                    channel,
+                    priority,
+                    message: delivery,
+                };
+                self.inbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(delivered);
+                self.arrived.notify_waiters();
+            }
+            _ => {
+                tracing::error!(routing_key = %delivery.routing_key, "an unreadable work message; dropped");
+                ack(&delivery).await;
+            }
+        }
+    }
+
+    /// Publishes `messages` persistently and waits for the broker's confirms;
+    /// for each, whether the broker took it.
+    pub async fn publish(&self, messages: &[Outgoing]) -> Result<Vec<bool>, BrokerError> {
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(BrokerError::Disconnected)?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let payload = serde_json::to_vec(&message.pointer).unwrap_or_default();
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_priority(message.priority)
+                .with_content_type("application/json".into());
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let routing_key = message.channel.as_str().into();
+            let sent = publisher.basic_publish(
+                EXCHANGE.into(),
+                routing_key,
+                options,
+                &payload,
+                properties,
+            );
+            confirms.push(bounded(sent).await?);
+        }
+        let mut taken = Vec::with_capacity(confirms.len());
+        for confirm in confirms {
+            let confirmation = bounded(confirm).await?;
+            // A returned message (no queue bound) is confirmed too: not taken.
+            taken.push(confirmation.is_ack() && confirmation.take_message().is_none());
+        }
+        Ok(taken)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn set_publisher(&self, publisher: Option<lapin::Channel>) {
+        *self.publisher.lock().unwrap_or_else(|p| p.into_inner()) = publisher;
+    }
+}
+
+/// Acknowledges a delivery; a channel gone meanwhile means the broker
+/// redelivers it, which the lease fence drops.
+pub(super) async fn ack(delivery: &Delivery) {
+    if let Err(error) = bounded(delivery.ack(lapin::options::BasicAckOptions::default())).await {
+        tracing::debug!(%error, "ack not delivered; the broker redelivers and the fence drops it");
+    }
+}
+
+pub(super) fn queue_name(channel: Channel) -> String {
+    format!("{EXCHANGE}.{channel}")
+}
+
+/// The exchange, per channel its priority queue bound by routing key, and
+/// the status queue.
+async fn declare(channel: &lapin::Channel) -> Result<(), BrokerError> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let exchange = channel.exchange_declare(
+        EXCHANGE.into(),
+        ExchangeKind::Direct,
+        durable_exchange,
+        FieldTable::default(),
+    );
+    bounded(exchange).await?;
+    for kind in Channel::ALL {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-max-priority".into(),
+            AMQPValue::LongInt(i32::from(MAX_PRIORITY)),
+        );
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        bounded(channel.queue_declare(queue_name(*kind).into(), durable_queue, arguments)).await?;
+        let bind = channel.queue_bind(
+            queue_name(*kind).into(),
+            EXCHANGE.into(),
+            kind.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        bounded(bind).await?;
+    }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let status = channel.queue_declare(STATUS_QUEUE.into(), durable_queue, FieldTable::default());
+    bounded(status).await?;
+    Ok(())
+}
+
+/// Bounds one broker operation by [`BROKER_TIMEOUT`].
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(BROKER_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(BrokerError::from),
+        Err(_) => Err(BrokerError::Timeout),
+    }
+}

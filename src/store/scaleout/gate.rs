@@ -1,0 +1,246 @@
+//! [`RateGate`] shared by every node: the provider's limit (`--rate-limit`
+//! or `--rate-per-sec`) is the cluster's, kept as one sliding window of
+//! calls in Redis (`lua/gate_reserve.lua`), the form the provider itself
+//! counts in. A `429` at any node lowers the limit for all of them (halved,
+//! growing back 10% a second) and a `Retry-After` pauses all of them
+//! (`lua/gate_throttled.lua`); so does an open circuit breaker at any node,
+//! for its cool-down.
+//!
+//! The trait's reports (`sending`, `not_sent`, `throttled`) are not async:
+//! they go through a queue to a task that writes them to Redis, which
+//! [`SharedGate::run`] drives until shutdown. The same task stamps again,
+//! every [`HOLD_REFRESH`], the places this node reserved but has not used
+//! yet (the dispatcher reserves before it waits for work): a place held
+//! longer than the window would otherwise drop out of it, and the call made
+//! in it later would be one more than the provider allows.
+//!
+//! Redis out of reach closes the gate: no call goes out while the records
+//! it would write are unreachable anyway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::cmd;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::link::RedisLink;
+use super::scripts::Scripts;
+use crate::domain::Channel;
+use crate::store::embedded::pacing::RateLimit;
+use crate::store::{InstanceId, RateGate, RateSlot};
+
+/// Added to the window: the provider counts a call when it admits it, after
+/// Herald stamped it, and on a loaded machine that can be 100 ms and more
+/// later (50 ms let 429s through with the test suite running beside). At the
+/// reference 50/10s this costs 2% of the provider's capacity.
+const MARGIN: Duration = Duration::from_millis(200);
+/// How often reserved, unused places are stamped again: well inside the window.
+const HOLD_REFRESH: Duration = Duration::from_secs(1);
+/// How long the gate rests when Redis does not answer.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// A report for Redis.
+enum Report {
+    /// The slot's call goes out now: its place in the window starts now.
+    Sending(u64),
+    /// The slot was not used: its place is free again.
+    NotSent(u64),
+    Throttled(Option<Duration>),
+    /// A breaker opened: hold every node this long.
+    ProviderDown(Duration),
+}
+
+pub struct SharedGate {
+    redis: Arc<RedisLink>,
+    scripts: Arc<Scripts>,
+    tag: String,
+    /// This node's slots are `<instance>#<n>` in the shared window.
+    instance: String,
+    limit: RateLimit,
+    next_id: AtomicU64,
+    /// Places reserved and not yet used or given back.
+    held: std::sync::Mutex<std::collections::HashSet<u64>>,
+    reports: mpsc::UnboundedSender<Report>,
+    pending_reports: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
+}
+
+impl SharedGate {
+    pub(super) fn new(
+        redis: Arc<RedisLink>,
+        scripts: Arc<Scripts>,
+        tag: String,
+        instance: &InstanceId,
+        limit: RateLimit,
+    ) -> Self {
+        let (reports, receiver) = mpsc::unbounded_channel();
+        Self {
+            redis,
+            scripts,
+            tag,
+            instance: instance.0.clone(),
+            limit,
+            next_id: AtomicU64::new(0),
+            held: std::sync::Mutex::new(std::collections::HashSet::new()),
+            reports,
+            pending_reports: std::sync::Mutex::new(Some(receiver)),
+        }
+    }
+
+    fn member(&self, id: u64) -> String {
+        format!("{}#{id}", self.instance)
+    }
+
+    fn window_ms(&self) -> u64 {
+        (self.limit.window + MARGIN).as_millis() as u64
+    }
+
+    /// Writes the reports to Redis until `shutdown`.
+    pub(super) async fn run(&self, shutdown: CancellationToken) {
+        let taken = self
+            .pending_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut reports) = taken else {
+            return; // one writer per gate
+        };
+        let mut refresh = tokio::time::interval(HOLD_REFRESH);
+        loop {
+            let written = tokio::select! {
+                () = shutdown.cancelled() => return,
+                report = reports.recv() => match report {
+                    Some(report) => self.write(report).await,
+                    None => return,
+                },
+                _ = refresh.tick() => self.stamp_held().await,
+            };
+            if let Err(error) = written {
+                tracing::debug!(%error, "rate report not written; the window corrects itself");
+            }
+        }
+    }
+
+    /// Stamps every held place at now, keeping it in the window.
+    async fn stamp_held(&self) -> Result<(), crate::store::StoreError> {
+        let held: Vec<u64> = self.held().iter().copied().collect();
+        for id in held {
+            self.stamp(id, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Stamps the place of slot `id` at now; `held`: only if it is still there.
+    async fn stamp(&self, id: u64, held: bool) -> Result<(), crate::store::StoreError> {
+        let mut sent = self.scripts.gate_sent.prepare_invoke();
+        sent.arg(&self.tag).arg(self.member(id)).arg(u8::from(held));
+        let _: i64 = self.redis.script(&sent).await?;
+        Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn write(&self, report: Report) -> Result<(), crate::store::StoreError> {
+        match report {
+            Report::Sending(id) => self.stamp(id, false).await?,
+            Report::NotSent(id) => {
+                let log = format!("{}:rate:log", self.tag);
+                let _: i64 = self
+                    .redis
+                    .command(cmd("ZREM").arg(log).arg(self.member(id)))
+                    .await?;
+            }
+            Report::Throttled(retry_after) => {
+                let pause = retry_after.map_or(Duration::ZERO, |d| d);
+                self.pause(pause, true).await?;
+            }
+            Report::ProviderDown(hold) => self.pause(hold, false).await?,
+        }
+        Ok(())
+    }
+
+    /// Pauses every node for `pause` (zero: not at all), halving the
+    /// cluster's limit too when `halve`.
+    async fn pause(&self, pause: Duration, halve: bool) -> Result<(), crate::store::StoreError> {
+        let _: i64 = self
+            .redis
+            .script(
+                self.scripts
+                    .gate_throttled
+                    .arg(&self.tag)
+                    .arg(self.limit.calls)
+                    .arg(pause.as_millis() as u64)
+                    .arg(u8::from(halve)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn report(&self, report: Report) {
+        // The writer is gone only at shutdown, when no call goes out anyway.
+        let _ = self.reports.send(report);
+    }
+}
+
+#[async_trait]
+impl RateGate for SharedGate {
+    async fn until_ready(&self) -> RateSlot {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let reserved: Result<(u8, u64), _> = self
+                .redis
+                .script(
+                    self.scripts
+                        .gate_reserve
+                        .arg(&self.tag)
+                        .arg(self.limit.calls)
+                        .arg(self.window_ms())
+                        .arg(self.member(id)),
+                )
+                .await;
+            let wait = match reserved {
+                Ok((1, full)) => {
+                    self.held().insert(id);
+                    return RateSlot {
+                        id,
+                        filled_window: full == 1,
+                    };
+                }
+                Ok((_, wait_ms)) => Duration::from_millis(wait_ms.max(1)),
+                Err(_) => UNREACHABLE_BACKOFF,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Per-channel limits are refused at start (`mod.rs`).
+    fn channel_wait(&self, _channel: Channel) -> Option<Duration> {
+        None
+    }
+
+    fn take_channel(&self, _channel: Channel) {}
+
+    fn sending(&self, slot: &RateSlot) {
+        self.held().remove(&slot.id);
+        self.report(Report::Sending(slot.id));
+    }
+
+    fn not_sent(&self, slot: RateSlot) {
+        self.held().remove(&slot.id);
+        self.report(Report::NotSent(slot.id));
+    }
+
+    fn throttled(&self, _slot: &RateSlot, retry_after: Option<Duration>) {
+        self.report(Report::Throttled(retry_after));
+    }
+
+    fn relieved(&self, _slot: &RateSlot) {}
+
+    fn provider_down(&self, hold: Duration) {
+        self.report(Report::ProviderDown(hold));
+    }
+}

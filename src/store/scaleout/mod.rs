@@ -1,0 +1,205 @@
+//! The scale-out engine: several stateless Herald nodes sharing one Redis
+//! (the truth: records, history, idempotency keys, the due set, the leases
+//! and the rate limiter) and one RabbitMQ (the work: pointer messages
+//! `{id, seq}`). The only code that knows Redis or AMQP.
+//!
+//! - `link.rs`: the Redis connection, timeouts and health; `guard.rs`: the
+//!   start-up check that Redis keeps every write;
+//! - `scripts.rs` and `lua/`: one Lua script per state change;
+//! - `codec.rs`: how records and messages look;
+//! - `records.rs`: [`Records`](crate::store::Records) on Redis;
+//! - `broker.rs`: the RabbitMQ session, topology, publishing and consuming;
+//! - `mover.rs`: due entries (new work, retries past their backoff) to RabbitMQ;
+//! - `work.rs`: [`WorkSource`](crate::store::WorkSource): a delivery fenced
+//!   into a lease, acked once its outcome is recorded;
+//! - `liveness.rs`: each node's liveness key and the rescuer of dead
+//!   nodes' leases;
+//! - `reports.rs`: external senders' reports (`--dispatch external`);
+//! - `gate.rs`: [`RateGate`](crate::store::RateGate), one sliding window
+//!   shared by every node.
+//!
+//! The design is `shared/design/scale-out.md` (design B); the README's
+//! "Scale-out engine" section says where this build differs.
+
+mod broker;
+mod codec;
+mod gate;
+mod guard;
+mod link;
+mod liveness;
+mod mover;
+mod records;
+mod reports;
+mod scripts;
+mod work;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+pub use gate::SharedGate;
+
+use super::{InstanceId, RateGate, StoreError};
+use crate::domain::RequestId;
+use crate::store::embedded::pacing::RateSettings;
+use broker::Broker;
+use link::RedisLink;
+use scripts::Scripts;
+
+/// How the engine reaches its services and names itself.
+#[derive(Clone, Debug)]
+pub struct ScaleoutOptions {
+    pub redis_url: String,
+    pub amqp_url: String,
+    /// Every key lives under the hash tag `{prefix}`: one slot, and one
+    /// prefix per deployment (or per test) sharing a Redis.
+    pub prefix: String,
+    pub instance: InstanceId,
+    /// Start on a Redis that may lose writes, with a warning.
+    pub allow_volatile: bool,
+    /// How long a lease is given before the rescuer may take it back.
+    pub lease_for: Duration,
+    /// Unacknowledged deliveries per queue a node holds.
+    pub prefetch: u16,
+    /// `--dispatch external`: senders of the operator's own consume the work
+    /// and report on `herald.status`; this node calls no provider.
+    pub external: bool,
+}
+
+/// A leased delivery: its schedule (the fence) and its message to ack.
+struct Held {
+    seq: u64,
+    message: lapin::message::Delivery,
+}
+
+/// The engine, shared behind an `Arc` by the API, the dispatcher and its
+/// own background tasks.
+pub struct ScaleoutStore {
+    redis: Arc<RedisLink>,
+    scripts: Arc<Scripts>,
+    /// `{prefix}`, the hash tag every key starts with.
+    tag: String,
+    options: ScaleoutOptions,
+    /// Why Redis may lose writes, when `--allow-volatile-redis` let it.
+    volatile: Option<String>,
+    /// Undelivered requests, as the scripts last counted them.
+    pending: AtomicU64,
+    broker: Broker,
+    gate: Arc<SharedGate>,
+    /// Leases this node's attempts hold, by request.
+    held: Mutex<HashMap<RequestId, Held>>,
+    /// New work is due: wakes this node's mover.
+    due: Notify,
+    closed: AtomicBool,
+    /// Why the data this node served is gone (Redis came back empty), once it is.
+    lost: Mutex<Option<String>>,
+}
+
+impl ScaleoutStore {
+    /// Connects to Redis, checks that it keeps every write (or warns, when
+    /// allowed), and builds the engine and its shared rate gate. RabbitMQ is
+    /// connected by [`Records::maintain`](crate::store::Records::maintain),
+    /// which keeps trying: work waits in Redis meanwhile.
+    pub async fn open(
+        options: ScaleoutOptions,
+        rate: &RateSettings,
+    ) -> Result<(Arc<Self>, Arc<dyn RateGate>), StoreError> {
+        refuse_channel_limits(rate)?;
+        let redis = Arc::new(RedisLink::connect(&options.redis_url).await?);
+        let volatile = match guard::volatility(&redis).await? {
+            None => None,
+            Some(problem) if options.allow_volatile => {
+                tracing::warn!(%problem, "--allow-volatile-redis: acknowledged requests may be lost");
+                Some(format!(
+                    "volatile Redis (--allow-volatile-redis): {problem}"
+                ))
+            }
+            Some(problem) => {
+                return Err(StoreError::Refused(format!(
+                    "{problem} (or pass --allow-volatile-redis to accept losing them)"
+                )));
+            }
+        };
+        let scripts = Arc::new(Scripts::new());
+        let tag = format!("{{{}}}", options.prefix);
+        let limit = rate
+            .limit()
+            .map_err(|error| StoreError::Refused(error.to_string()))?;
+        let gate = Arc::new(SharedGate::new(
+            redis.clone(),
+            scripts.clone(),
+            tag.clone(),
+            &options.instance,
+            limit,
+        ));
+        let store = Arc::new(Self {
+            redis,
+            scripts,
+            tag,
+            broker: Broker::new(options.amqp_url.clone(), options.prefetch, options.external),
+            gate: gate.clone(),
+            options,
+            volatile,
+            pending: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+            due: Notify::new(),
+            closed: AtomicBool::new(false),
+            lost: Mutex::new(None),
+        });
+        store.mark_dataset().await?;
+        store.beat().await?;
+        store.refresh_pending().await?;
+        tracing::info!(instance = %store.options.instance, pending = store.pending.load(Ordering::Relaxed), "scale-out engine open");
+        Ok((store, gate))
+    }
+
+    /// Why the store refuses calls now, if it does.
+    fn refusal(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.lost_reason() {
+            return Err(StoreError::Unavailable(reason));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        Ok(())
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Per-channel limits are kept per process by the embedded engine; sharing
+/// them across nodes is not built, so the scale-out engine refuses them
+/// rather than enforce them per node and call that the cluster's limit.
+fn refuse_channel_limits(rate: &RateSettings) -> Result<(), StoreError> {
+    let set = [
+        ("--email-rate-per-sec", rate.email_per_sec),
+        ("--sms-rate-per-sec", rate.sms_per_sec),
+        ("--push-rate-per-sec", rate.push_per_sec),
+    ];
+    match set.iter().find(|(_, value)| value.is_some()) {
+        Some((flag, _)) => Err(StoreError::Refused(format!(
+            "{flag} is not supported by --backend scaleout yet (per-channel limits are not shared across nodes); use --rate-limit"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `url` with any password masked, for messages.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,68 @@
+//! Scale-out nodes for the tests: real `herald` binaries on a private
+//! Redis and vhost (`services.rs`), and the waits and calls the scale-out
+//! suites share.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::child::HeraldProcess;
+use super::services::{PrivateRedis, Vhost};
+
+/// An HTTP client whose every call has a deadline.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client")
+}
+
+/// The private services, or `None` (the test is skipped) when missing.
+pub fn services() -> Option<(PrivateRedis, Vhost)> {
+    Some((PrivateRedis::start()?, Vhost::create()?))
+}
+
+/// One node; its data directory is unused by this engine, but required.
+pub async fn node(dir: &TempDir, provider: &str, flags: &[String]) -> HeraldProcess {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    HeraldProcess::start(dir.path(), provider, &flags).await
+}
+
+/// Waits, up to `within`, until every id is `sent` or `failed` on `herald`;
+/// fails naming the first still open.
+pub async fn all_final(
+    herald: &HeraldProcess,
+    client: &reqwest::Client,
+    ids: &[String],
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    for id in ids {
+        loop {
+            let status = herald.request(client, id).await["status"].clone();
+            if status == "sent" || status == "failed" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} is still {status} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A command on the private Redis through redis-cli.
+pub fn redis_command(redis: &PrivateRedis, args: &[&str]) {
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli runs");
+    assert!(status.success(), "redis-cli {args:?}");
+}
+
+pub fn uuid_like() -> &'static str {
+    "01890000-0000-7000-8000-000000000000"
+}
