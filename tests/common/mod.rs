@@ -94,14 +94,33 @@ pub async fn spawn_app_with(
     app
 }
 
+/// Where an app keeps its data: its data directory and, on the scale-out
+/// engine, its private Redis and vhost. [`TestApp::stop`] hands it back, so
+/// an app started again on it finds what the last one stored.
+pub struct AppData {
+    data_dir: TempDir,
+    services: Option<(services::PrivateRedis, services::Vhost)>,
+}
+
+impl From<TempDir> for AppData {
+    /// A fresh store: the directory, and new services when the suite runs
+    /// on the scale-out engine.
+    fn from(data_dir: TempDir) -> Self {
+        Self {
+            data_dir,
+            services: scaleout_services(),
+        }
+    }
+}
+
 /// The app alone, calling `provider_url` (which may not be listening yet).
 pub async fn spawn_gateway(
     provider_url: &str,
-    data_dir: TempDir,
+    data: impl Into<AppData>,
     tweak: impl FnOnce(&mut GatewayConfig),
 ) -> TestApp {
+    let AppData { data_dir, services } = data.into();
     let mut config = test_config(&data_dir, provider_url);
-    let services = scaleout_services();
     if let Some((redis, vhost)) = &services {
         config.backend = BackendKind::Scaleout;
         config.redis_url = redis.url().into();
@@ -274,7 +293,7 @@ impl TestApp {
 
     /// Shuts the app down as SIGTERM would, and checks it stopped cleanly.
     /// The data directory is free to open again once this returns.
-    pub async fn stop(self) -> TempDir {
+    pub async fn stop(self) -> AppData {
         let Self {
             shutdown,
             task,
@@ -286,7 +305,6 @@ impl TestApp {
         let stopped = tokio::time::timeout(SETTLE_TIMEOUT, task).await;
         let stopped = stopped.expect("the app stops within the settle timeout");
         stopped.expect("app task").expect("clean shutdown");
-        drop(services);
-        data_dir
+        AppData { data_dir, services }
     }
 }

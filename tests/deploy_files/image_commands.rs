@@ -109,7 +109,10 @@ fn image_and_compose_commands_are_real_herald_subcommands() {
     let cmd = exec_form(args_of(&runtime_stage(), "CMD")[0], "CMD");
     let compose = compose();
     let provider = command_words(service(&compose, "provider"));
-    for words in [cmd, provider] {
+    // The scale profile's nodes: every flag they pass must be one `serve` takes.
+    let nodes =
+        ["herald-1", "herald-2", "herald-3"].map(|node| command_words(service(&compose, node)));
+    for words in [cmd, provider].into_iter().chain(nodes) {
         let mut args: Vec<&str> = words.iter().map(String::as_str).collect();
         args.push("--help");
         assert!(
