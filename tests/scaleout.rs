@@ -108,14 +108,7 @@ async fn one_node_creates_processes_and_delivers_with_the_history() {
     assert_eq!(record["attempts"], 1);
     assert_eq!(provider.simulator.deliveries_of(&id), 1);
 
-    let url = format!("{}/v1/requests/{id}/events", herald.address);
-    let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let kinds = herald.event_kinds(&client, &id).await;
     assert_eq!(
         kinds,
         [
@@ -234,8 +227,7 @@ async fn a_redis_killed_and_restarted_keeps_every_acknowledged_request_and_dispa
     redis.restart();
     herald.wait_ready(&client).await;
     for id in sent.iter().chain(&waiting) {
-        let url = format!("{}/v1/requests/{id}/events", herald.address);
-        let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let events = herald.events(&client, id).await;
         assert!(
             events["events"].as_array().is_some_and(|e| !e.is_empty()),
             "{id} and its history survived the restart: {events}"

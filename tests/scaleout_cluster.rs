@@ -86,8 +86,7 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
             "{id} is {status} 15 s after the kill"
         );
         duplicates += u64::from(provider.simulator.deliveries_of(id) > 1);
-        let url = format!("{}/v1/requests/{id}/events", survivor.address);
-        let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let events = survivor.events(&client, id).await;
         let events = events["events"].as_array().cloned().unwrap_or_default();
         recovered += usize::from(events.iter().any(|e| e["event"] == "lease_recovered"));
     }
@@ -488,14 +487,8 @@ async fn external_senders_consume_the_work_and_their_reports_set_status_and_hist
     for id in &ids {
         let n = reported[id];
         let record = herald.request(&client, id).await;
-        let url = format!("{}/v1/requests/{id}/events", herald.address);
-        let events: Value = client.get(url).send().await.unwrap().json().await.unwrap();
-        let kinds: Vec<&str> = events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event"].as_str().unwrap())
-            .collect();
+        let events = herald.events(&client, id).await;
+        let kinds = herald.event_kinds(&client, id).await;
         assert_eq!(
             kinds,
             [

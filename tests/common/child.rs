@@ -185,6 +185,23 @@ impl HeraldProcess {
         client.get(url).send().await.unwrap().json().await.unwrap()
     }
 
+    /// `GET /v1/requests/{id}/events`: the request's history as the API answers it.
+    pub async fn events(&self, client: &reqwest::Client, id: &str) -> Value {
+        let url = format!("{}/v1/requests/{id}/events", self.address);
+        client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The kinds of the request's events, oldest first (`created`, ...).
+    pub async fn event_kinds(&self, client: &reqwest::Client, id: &str) -> Vec<String> {
+        let events = self.events(client, id).await;
+        events["events"]
+            .as_array()
+            .expect("a history")
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// Sends `signal` (SIGHUP, say) to the process.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
