@@ -98,9 +98,19 @@ impl Dispatcher {
         Ok((dispatcher, DispatcherHandle { running }))
     }
 
-    /// Runs until `shutdown` is cancelled, then drains.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let _running = Running::set(&self.running);
+    /// Runs until `shutdown` is cancelled, then drains. Marked running from
+    /// this call, not from the future's first poll: the listener is open
+    /// already, and `/ready` must not answer `503` for a dispatcher merely
+    /// not scheduled yet on a busy machine.
+    pub fn run(self, shutdown: CancellationToken) -> impl Future<Output = ()> + Send {
+        let running = Running::set(self.running.clone());
+        async move {
+            let _running = running;
+            self.dispatch_until(shutdown).await;
+        }
+    }
+
+    async fn dispatch_until(self, shutdown: CancellationToken) {
         // Work recovered or scheduled before this start is picked up by the first scan.
         let mut attempts = JoinSet::new();
         loop {
@@ -187,16 +197,16 @@ fn reap_finished(attempts: &mut JoinSet<()>) {
 }
 
 /// Marks the dispatcher running for `/ready` until dropped, even by a panic.
-struct Running<'a>(&'a AtomicBool);
+struct Running(Arc<AtomicBool>);
 
-impl<'a> Running<'a> {
-    fn set(flag: &'a AtomicBool) -> Self {
+impl Running {
+    fn set(flag: Arc<AtomicBool>) -> Self {
         flag.store(true, Ordering::Relaxed);
         Self(flag)
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Relaxed);
     }

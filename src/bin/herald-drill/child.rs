@@ -1,5 +1,6 @@
 //! Herald as a child process: always started with the drill's flags on the
 //! same loopback port and data directory, killed with SIGKILL, started again.
+//! A cluster is one launcher per node.
 
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -34,6 +35,8 @@ pub struct Launcher {
     log: PathBuf,
     provider_url: String,
     max_in_flight: usize,
+    /// The engine's flags and this node's instance id.
+    node_flags: Vec<String>,
 }
 
 /// `GET /ready`'s body.
@@ -50,6 +53,7 @@ impl Launcher {
         log: PathBuf,
         provider_url: String,
         max_in_flight: usize,
+        node_flags: Vec<String>,
     ) -> std::io::Result<Self> {
         let listen = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
         Ok(Self {
@@ -59,6 +63,7 @@ impl Launcher {
             log,
             provider_url,
             max_in_flight,
+            node_flags,
         })
     }
 
@@ -80,6 +85,7 @@ impl Launcher {
             .args(["--provider-url", &self.provider_url])
             .args(["--max-in-flight", &self.max_in_flight.to_string()])
             .args(FAST_FLAGS)
+            .args(&self.node_flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(spawn_error)?)

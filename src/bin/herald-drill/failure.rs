@@ -11,6 +11,9 @@ use tokio::time::Instant;
 /// requests is not this: that is a finished drill with a failing verdict.)
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
+    /// The command line asks for something the drill cannot run.
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot start {bin}: {source}")]
     Spawn {
         bin: PathBuf,

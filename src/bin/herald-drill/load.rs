@@ -2,7 +2,8 @@
 //! next, until the drill's count is used up. Like real clients they ride out
 //! a dead Herald: a call cut or refused by a kill is sent again after the
 //! restart (creates carry an `Idempotency-Key`, so a repeat is never a second
-//! request).
+//! request). With several nodes, request `n` goes to node `n mod N` and each
+//! repeat to the next node, as a client behind a load balancer would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,8 @@ const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 /// The load every client shares.
 pub struct Load {
     http: reqwest::Client,
-    base_url: String,
+    /// One per node.
+    base_urls: Vec<String>,
     requests: usize,
     next_request: AtomicUsize,
     acknowledged: AtomicUsize,
@@ -36,10 +38,10 @@ struct Created {
 }
 
 impl Load {
-    pub fn new(http: reqwest::Client, base_url: String, requests: usize) -> Self {
+    pub fn new(http: reqwest::Client, base_urls: Vec<String>, requests: usize) -> Self {
         Self {
             http,
-            base_url,
+            base_urls,
             requests,
             next_request: AtomicUsize::new(0),
             acknowledged: AtomicUsize::new(0),
@@ -86,7 +88,7 @@ impl Load {
         while let Some(number) = self.take_request() {
             let id = self.create(number, deadline).await?;
             self.acknowledged.fetch_add(1, Ordering::SeqCst);
-            self.process(&id, deadline).await?;
+            self.process(number, &id, deadline).await?;
             ids.push(id);
         }
         Ok(ids)
@@ -100,10 +102,11 @@ impl Load {
     /// Creates request `number` until Herald acknowledges it; returns its id.
     async fn create(&self, number: usize, deadline: Deadline) -> Result<String, DrillError> {
         let body = request_body(number);
+        let mut turn = number;
         loop {
             let sent = self
                 .http
-                .post(format!("{}/v1/requests", self.base_url))
+                .post(format!("{}/v1/requests", self.node(turn)))
                 .header("Idempotency-Key", format!("drill-{number}"))
                 .json(&body)
                 .send()
@@ -119,16 +122,18 @@ impl Load {
                 }
             }
             self.pause(deadline).await?;
+            turn += 1;
         }
     }
 
     /// Asks for the delivery of `id` until Herald acknowledges it (202, or
     /// 200 when an earlier call cut off by a kill had made it).
-    async fn process(&self, id: &str, deadline: Deadline) -> Result<(), DrillError> {
+    async fn process(&self, number: usize, id: &str, deadline: Deadline) -> Result<(), DrillError> {
+        let mut turn = number;
         loop {
             let sent = self
                 .http
-                .post(format!("{}/v1/requests/{id}/process", self.base_url))
+                .post(format!("{}/v1/requests/{id}/process", self.node(turn)))
                 .send()
                 .await;
             if let Ok(response) = sent {
@@ -138,7 +143,13 @@ impl Load {
                 refuse_unless_transient("a process call", response).await?;
             }
             self.pause(deadline).await?;
+            turn += 1;
         }
+    }
+
+    /// The node a call goes to.
+    fn node(&self, turn: usize) -> &str {
+        &self.base_urls[turn % self.base_urls.len()]
     }
 
     async fn pause(&self, deadline: Deadline) -> Result<(), DrillError> {

@@ -1,7 +1,8 @@
 //! `herald-drill`, the kill-restart drill: runs the `herald` binary as a child
 //! process under a steady load of create+process, kills it with SIGKILL at
 //! random moments, restarts it on the same data directory, lets the outbox
-//! drain and prints one table. It exits 0 only if no acknowledged request was
+//! drain and prints one table. On the scale-out engine it runs `--nodes`
+//! nodes on one Redis and RabbitMQ and each kill takes one of them. It exits 0 only if no acknowledged request was
 //! lost or left stuck, none is marked sent without a delivery, and the
 //! provider's duplicates stay within what the kills can explain.
 //!
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use herald::config::BackendKind;
 use herald::simulator::{SimConfig, Simulator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -79,34 +81,42 @@ async fn drill(args: &DrillArgs, workspace: &Workspace) -> Result<Report, DrillE
         ..args.profile.config()
     })
     .await?;
-    let launcher = Launcher::new(
-        herald_bin(args)?,
-        workspace.data_dir(),
-        workspace.log(),
-        provider.url(),
-        args.max_in_flight,
-    )?;
+    let launchers = launchers(args, workspace, &provider.url())?;
     let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?;
+    let addresses: Vec<String> = launchers.iter().map(Launcher::base_url).collect();
     eprintln!(
-        "drill: profile {}, seed {seed}, herald on {}",
+        "drill: profile {}, seed {seed}, {:?} engine, herald on {}",
         args.profile,
-        launcher.base_url()
+        args.backend,
+        addresses.join(" ")
     );
-    let mut herald = launcher.start()?;
-    herald
-        .wait_ready(&launcher, &http, Deadline::after("the first start", limit))
-        .await?;
-    let load = load_with_kills(args, seed, &launcher, &http, &mut herald).await?;
+    let mut nodes = Vec::with_capacity(launchers.len());
+    for launcher in &launchers {
+        let mut node = launcher.start()?;
+        node.wait_ready(launcher, &http, Deadline::after("the first start", limit))
+            .await?;
+        nodes.push(node);
+    }
+    let load = load_with_kills(args, seed, &launchers, &http, &mut nodes).await?;
     eprintln!(
         "drill: load done in {:.1?}; waiting for the outbox to drain",
         load.duration
     );
     let drain_started = Instant::now();
     let drain_deadline = Deadline::after("the drain", limit);
-    let audit =
-        audit::drain_and_audit(&launcher, &http, &load.ids, args.clients, drain_deadline).await?;
+    // Any node answers for all: they share the records.
+    let audit = audit::drain_and_audit(
+        &launchers[0],
+        &http,
+        &load.ids,
+        args.clients,
+        drain_deadline,
+    )
+    .await?;
     let drain_time = drain_started.elapsed();
-    herald.kill()?;
+    for node in &mut nodes {
+        node.kill()?;
+    }
     // A stalled call may still deliver: let it land before reading the ledger.
     let last_calls = Deadline::after("the provider's last calls", limit);
     wait_until_idle(&provider.simulator, last_calls).await?;
@@ -130,34 +140,70 @@ struct LoadOutcome {
     duration: Duration,
 }
 
-/// Runs the clients and, meanwhile, kills `herald` at each kill point and
+/// One launcher per node: the engine's flags, an instance id each, and (for
+/// the embedded engine's one node) the workspace's data directory.
+fn launchers(
+    args: &DrillArgs,
+    workspace: &Workspace,
+    provider_url: &str,
+) -> Result<Vec<Launcher>, DrillError> {
+    let engine = args.engine_flags().map_err(DrillError::Usage)?;
+    let bin = herald_bin(args)?;
+    (0..args.nodes)
+        .map(|node| {
+            let mut flags = engine.clone();
+            flags.extend([
+                "--instance-id".to_string(),
+                format!("drill-node-{}", node + 1),
+            ]);
+            let data_dir = match args.nodes {
+                1 => workspace.data_dir(),
+                _ => workspace.data_dir().join(format!("node-{}", node + 1)),
+            };
+            let launcher = Launcher::new(
+                bin.clone(),
+                data_dir,
+                workspace.log(),
+                provider_url.to_string(),
+                args.max_in_flight,
+                flags,
+            )?;
+            Ok(launcher)
+        })
+        .collect()
+}
+
+/// Runs the clients and, meanwhile, kills a node at each kill point and
 /// puts a restarted one in its place.
 async fn load_with_kills(
     args: &DrillArgs,
     seed: u64,
-    launcher: &Launcher,
+    launchers: &[Launcher],
     http: &reqwest::Client,
-    herald: &mut HeraldProcess,
+    nodes: &mut [HeraldProcess],
 ) -> Result<LoadOutcome, DrillError> {
     let started = Instant::now();
     let limit = Duration::from_secs(args.timeout_secs);
     let deadline = Deadline::after("the load", limit);
-    let load = Arc::new(Load::new(http.clone(), launcher.base_url(), args.requests));
+    let addresses = launchers.iter().map(Launcher::base_url).collect();
+    let load = Arc::new(Load::new(http.clone(), addresses, args.requests));
     let clients = load.spawn_clients(args.clients, deadline);
     let mut restarts = Vec::new();
-    for kill_at in kill_points(seed, args.kills, args.requests) {
+    for (kill_at, node) in kill_points(seed, args.kills, args.requests, launchers.len()) {
         if !wait_for_acknowledged(&load, kill_at, deadline).await? {
             break;
         }
-        herald.kill()?;
-        *herald = launcher.start()?;
-        let ready_after = herald
+        let launcher = &launchers[node];
+        nodes[node].kill()?;
+        nodes[node] = launcher.start()?;
+        let ready_after = nodes[node]
             .wait_ready(launcher, http, Deadline::after("a restart", limit))
             .await?;
         eprintln!(
-            "drill: kill {} of {} at {kill_at} acknowledged; ready again after {ready_after:?}",
+            "drill: kill {} of {} (node {}) at {kill_at} acknowledged; ready again after {ready_after:?}",
             restarts.len() + 1,
-            args.kills
+            args.kills,
+            node + 1
         );
         restarts.push(ready_after);
     }
@@ -181,8 +227,18 @@ fn report(
     drain_time: Duration,
     provider: &Simulator,
 ) -> Report {
+    // The URLs may carry credentials: the replay line names the flags only.
+    let engine = match args.backend {
+        BackendKind::Scaleout => format!(
+            " --backend scaleout --nodes {} --redis-url … --amqp-url …",
+            args.nodes
+        ),
+        BackendKind::Embedded => String::new(),
+    };
     Report {
         profile: args.profile,
+        engine,
+        nodes: args.nodes,
         seed,
         clients: args.clients,
         requests: args.requests,
@@ -203,13 +259,16 @@ fn report(
     }
 }
 
-/// The kill moments, as counts of acknowledged creates: uniform over the
-/// load, sorted, the same for the same seed.
-fn kill_points(seed: u64, kills: usize, requests: usize) -> Vec<usize> {
+/// The kill moments, as counts of acknowledged creates (uniform over the
+/// load, sorted), each with the node it kills: the same for the same seed.
+fn kill_points(seed: u64, kills: usize, requests: usize, nodes: usize) -> Vec<(usize, usize)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut points: Vec<usize> = (0..kills).map(|_| rng.random_range(1..requests)).collect();
     points.sort_unstable();
     points
+        .into_iter()
+        .map(|point| (point, rng.random_range(0..nodes)))
+        .collect()
 }
 
 /// Waits until `count` creates are acknowledged; false if the clients all
@@ -265,10 +324,16 @@ mod tests {
 
     #[test]
     fn kill_points_lie_inside_the_load_and_replay_with_the_seed() {
-        let points = kill_points(7, 20, 100);
+        let points = kill_points(7, 20, 100, 3);
         assert_eq!(points.len(), 20);
-        assert!(points.is_sorted());
-        assert!(points.iter().all(|point| (1..100).contains(point)));
-        assert_eq!(points, kill_points(7, 20, 100));
+        assert!(points.is_sorted_by_key(|(point, _)| *point));
+        assert!(points.iter().all(|(point, _)| (1..100).contains(point)));
+        assert!(points.iter().all(|(_, node)| *node < 3));
+        assert_eq!(points, kill_points(7, 20, 100, 3));
+        assert!(
+            kill_points(7, 20, 100, 1)
+                .iter()
+                .all(|(_, node)| *node == 0)
+        );
     }
 }

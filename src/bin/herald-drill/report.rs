@@ -10,6 +10,9 @@ use herald::simulator::{Profile, SimStats};
 /// Everything a finished drill measured.
 pub struct Report {
     pub profile: Profile,
+    /// The engine's flags, as the drill was given them (empty: embedded).
+    pub engine: String,
+    pub nodes: usize,
     pub seed: u64,
     pub clients: usize,
     pub requests: usize,
@@ -80,8 +83,14 @@ impl Report {
     /// The command that replays this drill, and the table.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "herald-drill --profile {} --seed {} --kills {} --requests {} --clients {} --max-in-flight {}\n\n",
-            self.profile, self.seed, self.kills, self.requests, self.clients, self.max_in_flight
+            "herald-drill --profile {} --seed {} --kills {} --requests {} --clients {} --max-in-flight {}{}\n\n",
+            self.profile,
+            self.seed,
+            self.kills,
+            self.requests,
+            self.clients,
+            self.max_in_flight,
+            self.engine
         );
         out.push_str("| what | value | must be |\n| --- | --- | --- |\n");
         for (what, value, must_be) in self.rows() {
@@ -94,6 +103,7 @@ impl Report {
     fn rows(&self) -> Vec<(&'static str, String, String)> {
         let none = String::new;
         vec![
+            ("herald nodes", self.nodes.to_string(), none()),
             (
                 "herald --max-in-flight",
                 self.max_in_flight.to_string(),
@@ -217,6 +227,8 @@ mod tests {
     fn report() -> Report {
         Report {
             profile: Profile::Healthy,
+            engine: String::new(),
+            nodes: 1,
             seed: 1,
             clients: 4,
             requests: 10,
