@@ -18,7 +18,8 @@ use crate::keys::{self, KeyError, Keys};
 use crate::retention;
 use crate::server::{self, ServerSettings};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::embedded::pacing::{InvalidRate, Pacer};
+use crate::store::embedded::pacing::Pacer;
+use crate::store::rate::InvalidRate;
 use crate::store::scaleout::ScaleoutStore;
 use crate::store::{Backend, Records, StoreError};
 

@@ -19,7 +19,7 @@ use crate::server::ServerSettings;
 use crate::simulator::SimConfig;
 use crate::store::InstanceId;
 use crate::store::embedded::StoreOptions;
-use crate::store::embedded::pacing::{RateLimit, RateSettings};
+use crate::store::rate::{RateLimit, RateSettings};
 use crate::store::scaleout::ScaleoutOptions;
 
 /// Where the provider lives when nothing else is said (the compose service name).

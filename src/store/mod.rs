@@ -19,6 +19,7 @@
 //! provider → [`Records`].
 
 pub mod embedded;
+pub mod rate;
 mod records;
 pub mod scaleout;
 

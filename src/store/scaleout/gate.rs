@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::link::RedisLink;
 use super::scripts::Scripts;
 use crate::domain::Channel;
-use crate::store::embedded::pacing::RateLimit;
+use crate::store::rate::RateLimit;
 use crate::store::{InstanceId, RateGate, RateSlot};
 
 /// Added to the window: the provider counts a call when it admits it, after

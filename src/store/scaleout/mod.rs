@@ -44,7 +44,7 @@ pub use gate::SharedGate;
 
 use super::{InstanceId, RateGate, StoreError};
 use crate::domain::RequestId;
-use crate::store::embedded::pacing::RateSettings;
+use crate::store::rate::RateSettings;
 use broker::Broker;
 use link::RedisLink;
 use scripts::Scripts;

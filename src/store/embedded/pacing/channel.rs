@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::rate_limit::InvalidRate;
+use crate::store::rate::InvalidRate;
 
 #[derive(Debug)]
 pub struct ChannelPace {

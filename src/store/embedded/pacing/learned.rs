@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::rate_limit::RateLimit;
 use super::window::SlidingLog;
+use crate::store::rate::RateLimit;
 
 /// The shortest window limits are learned over: the reference provider's.
 const LEARNING_WINDOW: Duration = Duration::from_secs(10);

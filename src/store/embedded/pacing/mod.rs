@@ -23,43 +23,18 @@ mod channel;
 mod learned;
 #[cfg(test)]
 mod model;
-mod rate_limit;
 mod throttle;
 mod window;
 
 use async_trait::async_trait;
 
-pub use rate_limit::{InvalidRate, REFERENCE_LIMIT, RateLimit};
-
 use crate::domain::Channel;
+use crate::store::rate::{InvalidRate, RateSettings};
 use crate::store::{RateGate, RateSlot as Slot};
 use channel::ChannelPace;
 use learned::LearnedLimit;
 use throttle::{ThrottleJudge, Verdict};
 use window::{CallId, SlidingLog};
-
-#[derive(Clone, Debug)]
-pub struct RateSettings {
-    /// The provider's limit: at most this many calls in any sliding window.
-    pub limit: Option<RateLimit>,
-    /// The shorthand: calls per second, `burst` of them back to back.
-    pub per_sec: Option<f64>,
-    pub burst: u32,
-    pub email_per_sec: Option<f64>,
-    pub sms_per_sec: Option<f64>,
-    pub push_per_sec: Option<f64>,
-}
-
-impl RateSettings {
-    /// The limit, else the shorthand's, else the reference provider's.
-    pub fn limit(&self) -> Result<RateLimit, InvalidRate> {
-        match (self.limit, self.per_sec) {
-            (Some(limit), _) => Ok(limit),
-            (None, Some(per_sec)) => RateLimit::per_second(per_sec, self.burst),
-            (None, None) => Ok(REFERENCE_LIMIT),
-        }
-    }
-}
 
 #[derive(Debug)]
 struct State {

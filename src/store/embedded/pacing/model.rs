@@ -14,8 +14,8 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::rate_limit::{REFERENCE_LIMIT, RateLimit};
 use super::{Pacer, RateSettings};
+use crate::store::rate::{REFERENCE_LIMIT, RateLimit};
 
 #[derive(Clone, Copy)]
 struct Provider {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::rate_limit::RateLimit;
+use crate::store::rate::RateLimit;
 
 /// The jitter margin a window starts with, and the most it may widen to, as
 /// shares of W: 20 ms and 100 ms on the reference provider's 10 s. At the

@@ -1,6 +1,7 @@
 //! A provider's rate limit in the form providers publish it: N calls per
 //! sliding window W (`50/10s`), parsed from `--rate-limit`, and the
-//! `--rate-per-sec` shorthand expressed in the same form.
+//! `--rate-per-sec` shorthand expressed in the same form; with the
+//! per-channel limits, the settings every engine's rate gate starts from.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +19,29 @@ pub const REFERENCE_LIMIT: RateLimit = RateLimit {
     calls: 50,
     window: Duration::from_secs(10),
 };
+
+#[derive(Clone, Debug)]
+pub struct RateSettings {
+    /// The provider's limit: at most this many calls in any sliding window.
+    pub limit: Option<RateLimit>,
+    /// The shorthand: calls per second, `burst` of them back to back.
+    pub per_sec: Option<f64>,
+    pub burst: u32,
+    pub email_per_sec: Option<f64>,
+    pub sms_per_sec: Option<f64>,
+    pub push_per_sec: Option<f64>,
+}
+
+impl RateSettings {
+    /// The limit, else the shorthand's, else the reference provider's.
+    pub fn limit(&self) -> Result<RateLimit, InvalidRate> {
+        match (self.limit, self.per_sec) {
+            (Some(limit), _) => Ok(limit),
+            (None, Some(per_sec)) => RateLimit::per_second(per_sec, self.burst),
+            (None, None) => Ok(REFERENCE_LIMIT),
+        }
+    }
+}
 
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum InvalidRate {
