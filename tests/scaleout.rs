@@ -12,10 +12,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::child::HeraldProcess;
-use common::nodes::{all_final, client, node, redis_command, services, uuid_like};
+use common::email;
+use common::nodes::{
+    OneNode, all_final, assert_delivered_once, client, node, one_ready_node, redis_command,
+    services, uuid_like,
+};
 use common::services::scaleout_flags;
-use common::{email, fast_provider};
-use herald::simulator::Simulator;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -82,11 +84,12 @@ async fn one_node_creates_processes_and_delivers_with_the_history() {
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
-    herald.wait_ready(&client).await;
+    let OneNode {
+        provider,
+        client,
+        herald,
+        dir: _dir,
+    } = one_ready_node(&redis, &vhost).await;
 
     let id = herald.create(&client).await;
     assert_eq!(herald.request(&client, &id).await["status"], "queued");
@@ -185,11 +188,12 @@ async fn a_redis_killed_and_restarted_keeps_every_acknowledged_request_and_dispa
     let Some((mut redis, vhost)) = services() else {
         return;
     };
-    let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
-    herald.wait_ready(&client).await;
+    let OneNode {
+        provider,
+        client,
+        herald,
+        dir: _dir,
+    } = one_ready_node(&redis, &vhost).await;
     let mut sent = Vec::new();
     for _ in 0..20 {
         let id = herald.create(&client).await;
@@ -240,13 +244,7 @@ async fn a_redis_killed_and_restarted_keeps_every_acknowledged_request_and_dispa
         assert_eq!(herald.process(&client, id).await, 202);
     }
     all_final(&herald, &client, &waiting, Duration::from_secs(30)).await;
-    for id in &waiting {
-        assert_eq!(
-            provider.simulator.deliveries_of(id),
-            1,
-            "{id} delivered once"
-        );
-    }
+    assert_delivered_once(&provider.simulator, &waiting);
     assert!(herald.terminate().await.success());
 }
 
@@ -306,11 +304,12 @@ async fn scripts_redis_forgot_are_loaded_again() {
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let provider = Simulator::spawn(fast_provider()).await.unwrap();
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), &vhost)).await;
-    herald.wait_ready(&client).await;
+    let OneNode {
+        provider: _provider,
+        client,
+        herald,
+        dir: _dir,
+    } = one_ready_node(&redis, &vhost).await;
     let first = herald.create(&client).await;
     assert_eq!(herald.process(&client, &first).await, 202);
     all_final(

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nodes::{all_final, client, node, services};
+use common::nodes::{all_final, assert_delivered_once, client, node, services};
 use common::services::{PrivateRedis, Vhost, scaleout_flags};
 use common::{fast_provider, spawn_provider_with_latency};
 use herald::simulator::Simulator;
@@ -278,13 +278,7 @@ async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_
         ready.get("warning").is_none(),
         "no warning once it is back: {ready}"
     );
-    for id in &ids {
-        assert_eq!(
-            provider.simulator.deliveries_of(id),
-            1,
-            "{id} delivered once"
-        );
-    }
+    assert_delivered_once(&provider.simulator, &ids);
     assert!(herald.terminate().await.success());
 }
 

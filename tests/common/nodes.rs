@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use herald::simulator::{RunningSimulator, Simulator};
+
 use super::child::HeraldProcess;
-use super::services::{PrivateRedis, Vhost};
+use super::fast_provider;
+use super::services::{PrivateRedis, Vhost, scaleout_flags};
 
 /// An HTTP client whose every call has a deadline.
 pub fn client() -> reqwest::Client {
@@ -26,6 +29,36 @@ pub fn services() -> Option<(PrivateRedis, Vhost)> {
 pub async fn node(dir: &TempDir, provider: &str, flags: &[String]) -> HeraldProcess {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     HeraldProcess::start(dir.path(), provider, &flags).await
+}
+
+/// One ready node on `redis` and `vhost`, calling a fast simulator of its own.
+pub struct OneNode {
+    pub provider: RunningSimulator,
+    pub client: reqwest::Client,
+    pub herald: HeraldProcess,
+    /// Kept for the node's life (bind it, e.g. `dir: _dir`).
+    pub dir: TempDir,
+}
+
+pub async fn one_ready_node(redis: &PrivateRedis, vhost: &Vhost) -> OneNode {
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let herald = node(&dir, &provider.url(), &scaleout_flags(&redis.url(), vhost)).await;
+    herald.wait_ready(&client).await;
+    OneNode {
+        provider,
+        client,
+        herald,
+        dir,
+    }
+}
+
+/// Every id reached the provider exactly once.
+pub fn assert_delivered_once(provider: &Simulator, ids: &[String]) {
+    for id in ids {
+        assert_eq!(provider.deliveries_of(id), 1, "{id} delivered once");
+    }
 }
 
 /// Waits, up to `within`, until every id is `sent` or `failed` on `herald`;
