@@ -263,6 +263,8 @@ pub struct GatewayConfig {
     /// Start even when the store lacks requests it acknowledged (damaged
     /// files): what is left becomes the truth, the loss is logged, counted
     /// and kept in the integrity record. Without it Herald refuses to start.
+    /// Scale-out: serve a Redis that lost its data while RabbitMQ still
+    /// holds work of the old one (without it the node serves nothing).
     #[arg(long, env = "HERALD_ACCEPT_DATA_LOSS")]
     pub accept_data_loss: bool,
 
@@ -393,6 +395,7 @@ impl GatewayConfig {
             lease_for: Duration::from_millis(self.request_timeout_ms) * 6,
             prefetch: self.prefetch.max(1),
             external: self.dispatch == DispatchMode::External,
+            accept_data_loss: self.accept_data_loss,
         }
     }
 

@@ -65,6 +65,10 @@ pub enum ApiError {
     },
     #[error("{0}; nothing was changed: retry later")]
     StorageUnavailable(String),
+    /// `/ready` only: requests are still taken (their work waits in the
+    /// store), but none is delivered until the work queue is back.
+    #[error("work queue unavailable: {0}")]
+    QueueUnavailable(String),
     #[error("internal error")]
     Internal,
 }
@@ -89,7 +93,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::OutboxFull { .. }
             | ApiError::NotReady { .. }
-            | ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::StorageUnavailable(_)
+            | ApiError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,9 +106,9 @@ impl ApiError {
             ApiError::OutboxFull {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            ApiError::NotReady { .. } | ApiError::StorageUnavailable(_) => {
-                Some(STORAGE_RETRY_AFTER_SECS)
-            }
+            ApiError::NotReady { .. }
+            | ApiError::StorageUnavailable(_)
+            | ApiError::QueueUnavailable(_) => Some(STORAGE_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -131,6 +136,7 @@ impl ApiError {
             ApiError::OutboxFull { .. } => "outbox_full",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::StorageUnavailable(_) => "storage_unavailable",
+            ApiError::QueueUnavailable(_) => "queue_unavailable",
             ApiError::Internal => "internal_error",
         }
     }
@@ -150,7 +156,8 @@ pub struct ErrorDetail {
     /// For people: what is wrong and how to fix it.
     #[schema(example = "`to` is required")]
     message: String,
-    /// With `not_ready`: what is not ready (`storage`, `dispatcher`).
+    /// With `not_ready` and `queue_unavailable`: what is not ready
+    /// (`storage`, `dispatcher`, `queue`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "storage")]
     component: Option<&'static str>,
@@ -161,6 +168,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let component = match self {
             ApiError::NotReady { component, .. } => Some(*component),
+            ApiError::QueueUnavailable(_) => Some("queue"),
             _ => None,
         };
         ErrorBody {

@@ -15,8 +15,11 @@ pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the store takes writes and the dispatcher is running. `503`
-/// names what is not ready (`component`: `storage` or `dispatcher`).
+/// Readiness: the store takes writes, the dispatcher is running and the
+/// work queue carries work. `503` names what is not ready (`component`:
+/// `storage`, `dispatcher`, or `queue` with the code `queue_unavailable`:
+/// the scale-out engine's RabbitMQ is out of reach; requests are still
+/// taken then, and wait in Redis).
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", example = json!({"status": "ready", "pending": 0})),
@@ -31,6 +34,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
                 detail,
             });
         }
+    }
+    if let Some(detail) = state.records.work_queue_unavailable() {
+        return Err(ApiError::QueueUnavailable(detail));
     }
     if !state.dispatcher.is_running() {
         return Err(ApiError::NotReady {

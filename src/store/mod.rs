@@ -223,6 +223,13 @@ pub trait Records: Send + Sync {
         None
     }
 
+    /// Why the work queue cannot carry work now, when it cannot (the
+    /// scale-out engine's RabbitMQ out of reach): writes are still taken,
+    /// and their work waits in the store, but `/ready` says so.
+    fn work_queue_unavailable(&self) -> Option<String> {
+        None
+    }
+
     /// The engine's own upkeep until `shutdown` (the embedded engine reopens
     /// its database after a failed write).
     async fn maintain(&self, shutdown: CancellationToken);

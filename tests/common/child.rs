@@ -160,6 +160,27 @@ impl HeraldProcess {
         }
     }
 
+    /// Polls `/ready` until it answers `503` naming `component`; its body.
+    pub async fn wait_not_ready(&self, client: &reqwest::Client, component: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let ready = client.get(format!("{}/ready", self.address)).send().await;
+            if let Ok(ready) = ready
+                && ready.status() == 503
+            {
+                let body: Value = ready.json().await.unwrap_or_default();
+                if body["error"]["component"] == component {
+                    return body;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never said {component} is not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates the usual test request; returns its id.
     pub async fn create(&self, client: &reqwest::Client) -> String {
         let response = client

@@ -120,6 +120,13 @@ impl Vhost {
         ]);
     }
 
+    /// Deletes the vhost with every queue and message in it, and creates it
+    /// again empty: a broker that lost its data.
+    pub fn wipe(&self) {
+        rabbitmqctl(&["delete_vhost", &self.name]);
+        self.open();
+    }
+
     fn named() -> Self {
         let name = format!("herald-test-{}-{}", std::process::id(), free_port());
         Self { name }

@@ -51,6 +51,8 @@ pub(super) enum BrokerError {
     Disconnected,
     #[error("the consumer of {0} stopped")]
     ConsumerEnded(String),
+    #[error("checking the dataset: {0}")]
+    Dataset(String),
 }
 
 /// A message taken from a queue, not yet acknowledged.
@@ -103,11 +105,13 @@ impl Broker {
         }
     }
 
-    /// Keeps a session up until `shutdown`, reconnecting with backoff.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    /// Keeps a session up until `shutdown`, reconnecting with backoff. Each
+    /// session first passes `check` (the dataset's, `dataset.rs`) before it
+    /// consumes or publishes anything.
+    pub async fn run(&self, shutdown: CancellationToken, check: &dyn SessionCheck) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let ended = self.session(&shutdown, &mut backoff).await;
+            let ended = self.session(&shutdown, &mut backoff, check).await;
             self.set_publisher(None);
             // Their channel is gone: the broker gives them to a consumer again.
             self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -133,6 +137,7 @@ impl Broker {
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Duration,
+        check: &dyn SessionCheck,
     ) -> Result<(), BrokerError> {
         let connection = bounded(Connection::connect(
             &self.url,
@@ -144,6 +149,11 @@ impl Broker {
         let consuming = bounded(connection.create_channel()).await?;
         bounded(consuming.basic_qos(self.prefetch, BasicQosOptions::default())).await?;
         declare(&publisher).await?;
+        check
+            .reconcile(Probe {
+                connection: &connection,
+            })
+            .await?;
         let queues: Vec<String> = if self.external {
             vec![STATUS_QUEUE.to_string()]
         } else {
@@ -269,6 +279,65 @@ impl Broker {
     fn set_publisher(&self, publisher: Option<lapin::Channel>) {
         *self.publisher.lock().unwrap_or_else(|p| p.into_inner()) = publisher;
     }
+}
+
+/// What a new session must pass before it consumes or publishes.
+#[async_trait::async_trait]
+pub(super) trait SessionCheck: Sync {
+    async fn reconcile(&self, probe: Probe<'_>) -> Result<(), BrokerError>;
+}
+
+/// What a session asks the broker before it starts: each question on a
+/// channel of its own, since asking after a missing queue closes its channel.
+pub(super) struct Probe<'a> {
+    connection: &'a Connection,
+}
+
+impl Probe<'_> {
+    /// How many messages `queue` holds; `None` when there is no such queue.
+    pub async fn messages_in(&self, queue: &str) -> Result<Option<u64>, BrokerError> {
+        let channel = bounded(self.connection.create_channel()).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let asked = channel.queue_declare(queue.into(), passive, FieldTable::default());
+        match bounded(asked).await {
+            Ok(found) => {
+                let _ = bounded(channel.close(200, "asked".into())).await;
+                Ok(Some(u64::from(found.message_count())))
+            }
+            Err(BrokerError::Amqp(error)) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Messages waiting in the work queues, altogether.
+    pub async fn work_messages(&self) -> Result<u64, BrokerError> {
+        let mut waiting = 0;
+        for channel in Channel::ALL {
+            waiting += self.messages_in(&queue_name(*channel)).await?.unwrap_or(0);
+        }
+        Ok(waiting)
+    }
+
+    /// Declares `queue` durable and empty: a marker that outlives restarts.
+    pub async fn declare_durable(&self, queue: &str) -> Result<(), BrokerError> {
+        let channel = bounded(self.connection.create_channel()).await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        bounded(channel.queue_declare(queue.into(), durable, FieldTable::default())).await?;
+        let _ = bounded(channel.close(200, "declared".into())).await;
+        Ok(())
+    }
+}
+
+/// The broker's `404 NOT_FOUND`.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 /// Acknowledges a delivery; a channel gone meanwhile means the broker

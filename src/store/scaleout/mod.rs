@@ -4,7 +4,8 @@
 //! `{id, seq}`). The only code that knows Redis or AMQP.
 //!
 //! - `link.rs`: the Redis connection, timeouts and health; `guard.rs`: the
-//!   start-up check that Redis keeps every write;
+//!   start-up check that Redis keeps every write; `dataset.rs`: the
+//!   dataset's identity in Redis and in RabbitMQ, so either side's loss shows;
 //! - `scripts.rs` and `lua/`: one Lua script per state change;
 //! - `codec.rs`: how records and messages look;
 //! - `records.rs`: [`Records`](crate::store::Records) on Redis;
@@ -23,6 +24,7 @@
 
 mod broker;
 mod codec;
+mod dataset;
 mod gate;
 mod guard;
 mod link;
@@ -67,6 +69,8 @@ pub struct ScaleoutOptions {
     /// `--dispatch external`: senders of the operator's own consume the work
     /// and report on `herald.status`; this node calls no provider.
     pub external: bool,
+    /// Serve a Redis that lost its data (`dataset.rs`) as a new dataset.
+    pub accept_data_loss: bool,
 }
 
 /// A leased delivery: its schedule (the fence) and its message to ack.
@@ -83,6 +87,8 @@ pub struct ScaleoutStore {
     /// `{prefix}`, the hash tag every key starts with.
     tag: String,
     options: ScaleoutOptions,
+    /// The dataset marker this node serves (`dataset.rs`).
+    dataset: String,
     /// Why Redis may lose writes, when `--allow-volatile-redis` let it.
     volatile: Option<String>,
     /// Undelivered requests, as the scripts last counted them.
@@ -125,6 +131,7 @@ impl ScaleoutStore {
         };
         let scripts = Arc::new(Scripts::new());
         let tag = format!("{{{}}}", options.prefix);
+        let dataset = dataset::mark(&redis, &tag).await?;
         let limit = rate
             .limit()
             .map_err(|error| StoreError::Refused(error.to_string()))?;
@@ -141,6 +148,7 @@ impl ScaleoutStore {
             tag,
             broker: Broker::new(options.amqp_url.clone(), options.prefetch, options.external),
             gate: gate.clone(),
+            dataset,
             options,
             volatile,
             pending: AtomicU64::new(0),
@@ -149,7 +157,6 @@ impl ScaleoutStore {
             closed: AtomicBool::new(false),
             lost: Mutex::new(None),
         });
-        store.mark_dataset().await?;
         store.beat().await?;
         store.refresh_pending().await?;
         tracing::info!(instance = %store.options.instance, pending = store.pending.load(Ordering::Relaxed), "scale-out engine open");

@@ -312,18 +312,23 @@ impl Records for ScaleoutStore {
         self.redis.state()
     }
 
-    /// A volatile Redis, and RabbitMQ out of reach: neither stops the API
-    /// (work waits in Redis), but an operator should know.
+    /// A volatile Redis does not stop the API, but an operator should know.
     fn warning(&self) -> Option<String> {
-        let broker = (!self.broker.is_connected())
-            .then(|| "RabbitMQ unreachable: new work waits in Redis until it is back".to_string());
-        let warnings: Vec<String> = self.volatile.iter().cloned().chain(broker).collect();
-        (!warnings.is_empty()).then(|| warnings.join("; "))
+        self.volatile.clone()
+    }
+
+    fn work_queue_unavailable(&self) -> Option<String> {
+        (!self.broker.is_connected()).then(|| {
+            format!(
+                "RabbitMQ at {} is out of reach: requests are taken and wait in Redis until it is back",
+                super::redacted(&self.options.amqp_url)
+            )
+        })
     }
 
     async fn maintain(&self, shutdown: CancellationToken) {
         tokio::join!(
-            self.broker.run(shutdown.clone()),
+            self.broker.run(shutdown.clone(), self),
             self.move_due(shutdown.clone()),
             self.keep_alive(shutdown.clone()),
             self.gate.run(shutdown.clone()),

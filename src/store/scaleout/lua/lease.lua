@@ -16,6 +16,7 @@ local attempt = tonumber(f[5]) + 1
 redis.call('HSET', rk, 'st', 'processing', 'at', attempt, 'lo', ARGV[4], 'ld', int(deadline))
 redis.call('HDEL', rk, 'nx')
 redis.call('ZREM', P .. ':due', id)
+redis.call('ZREM', P .. ':onbroker', id)
 redis.call('ZADD', P .. ':inflight', deadline, id)
 event(id, now, 'processing', '{"AttemptStarted":{"attempt":' .. int(attempt) .. '}}')
 return {'leased', f[4], int(attempt), f[6] or '0', int(deadline)}

@@ -10,5 +10,6 @@ for _, id in ipairs(ids) do
   if redis.call('DEL', rk) == 1 then redis.call('DECR', P .. ':count') end
   redis.call('DEL', P .. ':ev:' .. id)
   redis.call('ZREM', P .. ':final', id)
+  redis.call('ZREM', P .. ':onbroker', id)
 end
 return {#ids, ids[#ids] or ''}

@@ -26,6 +26,7 @@ if ARGV[6] ~= '' then
   redis.call('HSET', rk, 'err', ARGV[6])
 end
 redis.call('ZREM', P .. ':due', id)
+redis.call('ZREM', P .. ':onbroker', id)
 redis.call('ZADD', P .. ':final', now, id)
 redis.call('DECR', P .. ':pending')
 local report = cjson.encode({attempt = attempt, http_status = cjson.null, error = error,

@@ -1,0 +1,182 @@
+//! Each side of the scale-out engine notices when the other lost its data
+//! (`src/store/scaleout/dataset.rs`): a RabbitMQ that comes back empty gets
+//! every request it held published again, and a Redis wiped while the
+//! nodes were down stops them from serving, unless the operator accepts the
+//! loss. The nodes run `--dispatch external`, so the work stays in the
+//! queues where the test can count it. Skipped, with a message, where the
+//! services are missing.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use common::child::HeraldProcess;
+use common::nodes::{client, node, redis_command, services};
+use common::services::{Vhost, scaleout_flags};
+
+/// An external-dispatch node: it publishes work and consumes none.
+async fn publishing_node(
+    dir: &TempDir,
+    redis: &str,
+    vhost: &Vhost,
+    extra: &[&str],
+) -> HeraldProcess {
+    let mut flags = scaleout_flags(redis, vhost);
+    flags.extend(["--dispatch", "external"].map(String::from));
+    flags.extend(extra.iter().map(|flag| flag.to_string()));
+    node(dir, "http://127.0.0.1:9", &flags).await
+}
+
+/// Creates and processes `n` emails; their ids.
+async fn submit(herald: &HeraldProcess, client: &reqwest::Client, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = herald.create(client).await;
+        assert_eq!(herald.process(client, &id).await, 202);
+        ids.push(id);
+    }
+    ids
+}
+
+/// Waits, up to 20 s, until `herald.work.email` holds `n` messages.
+async fn wait_for_messages(vhost: &Vhost, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = messages_in_email_queue(vhost).await;
+        if held == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "herald.work.email holds {held:?} messages, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn messages_in_email_queue(vhost: &Vhost) -> Option<u32> {
+    let connection = Connection::connect(&vhost.amqp_url(), ConnectionProperties::default())
+        .await
+        .ok()?;
+    let channel = connection.create_channel().await.ok()?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("herald.work.email".into(), passive, FieldTable::default())
+        .await
+        .ok();
+    let _ = connection.close(200, "counted".into()).await;
+    queue.map(|queue| queue.message_count())
+}
+
+/// Consumes `herald.work.email` until every id in `ids` arrived (20 s at most).
+async fn consume_all(vhost: &Vhost, ids: &[String]) {
+    let connection = Connection::connect(&vhost.amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("the test sender connects");
+    let channel = connection.create_channel().await.unwrap();
+    let mut work = channel
+        .basic_consume(
+            "herald.work.email".into(),
+            "test-sender".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the work queue is declared");
+    let mut missing: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    while !missing.is_empty() {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), work.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} requests never came back: {missing:?}", missing.len()))
+            .expect("a delivery")
+            .unwrap();
+        let pointer: Value = serde_json::from_slice(&delivery.data).unwrap();
+        missing.remove(pointer["id"].as_str().unwrap());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_broker_that_lost_its_messages_gets_every_waiting_request_again() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let herald = publishing_node(&dir, &redis.url(), &vhost, &[]).await;
+    herald.wait_ready(&client).await;
+    let ids = submit(&herald, &client, 20).await;
+    wait_for_messages(&vhost, 20).await;
+
+    vhost.wipe();
+    let ready = herald.wait_not_ready(&client, "queue").await;
+    assert_eq!(ready["error"]["code"], "queue_unavailable", "{ready}");
+    herald.wait_ready(&client).await;
+    consume_all(&vhost, &ids).await;
+    for id in &ids {
+        assert_eq!(
+            herald.request(&client, id).await["status"],
+            "queued",
+            "{id}"
+        );
+    }
+    assert!(herald.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_redis_wiped_while_the_nodes_were_down_is_refused_until_the_loss_is_accepted() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let herald = publishing_node(&dir, &redis.url(), &vhost, &[]).await;
+    herald.wait_ready(&client).await;
+    submit(&herald, &client, 5).await;
+    wait_for_messages(&vhost, 5).await;
+    assert!(herald.terminate().await.success());
+
+    redis_command(&redis, &["FLUSHALL"]);
+    let herald = publishing_node(&dir, &redis.url(), &vhost, &[]).await;
+    let ready = herald.wait_not_ready(&client, "storage").await;
+    assert!(ready.to_string().contains("lost its data"), "{ready}");
+    let create = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(&serde_json::json!({"to": "a@example.com", "message": "hi", "type": "email"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        create.status(),
+        503,
+        "nothing new on a dataset that lost the old"
+    );
+    assert!(
+        !herald.terminate().await.success(),
+        "the node exits non-zero"
+    );
+    assert_eq!(
+        messages_in_email_queue(&vhost).await,
+        Some(5),
+        "the refused node left the old work where it was"
+    );
+
+    let herald = publishing_node(&dir, &redis.url(), &vhost, &["--accept-data-loss"]).await;
+    herald.wait_ready(&client).await;
+    let id = herald.create(&client).await;
+    assert_eq!(herald.request(&client, &id).await["status"], "queued");
+    assert!(herald.terminate().await.success());
+}
