@@ -12,12 +12,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::child::HeraldProcess;
-use common::email;
 use common::nodes::{
     OneNode, all_final, assert_delivered_once, client, node, one_ready_node, redis_command,
-    services, uuid_like,
+    services, submit, uuid_like,
 };
 use common::services::scaleout_flags;
+use common::{email, fast_provider};
+use herald::simulator::Simulator;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -124,6 +125,53 @@ async fn one_node_creates_processes_and_delivers_with_the_history() {
     let unknown = format!("{}/v1/requests/{}", herald.address, uuid_like());
     assert_eq!(client.get(unknown).send().await.unwrap().status(), 404);
     assert!(herald.terminate().await.success(), "a clean stop");
+}
+
+#[tokio::test]
+async fn a_node_starts_with_per_channel_limits_and_refuses_one_that_is_not_a_rate() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let flags = scaleout_flags(&redis.url(), &vhost);
+    let mut zero: Vec<&str> = flags.iter().map(String::as_str).collect();
+    zero.extend(["--sms-rate-per-sec", "0"]);
+    let refused = HeraldProcess::try_start(dir.path(), "http://127.0.0.1:9", &zero).await;
+    let Err(refusal) = refused else {
+        panic!("herald started with --sms-rate-per-sec 0");
+    };
+    assert!(
+        refusal.last_line.contains("rate `0` per second"),
+        "{refusal:?}"
+    );
+
+    let provider = Simulator::spawn(fast_provider()).await.unwrap();
+    let mut limited = flags.clone();
+    limited.extend(
+        [
+            "--email-rate-per-sec",
+            "50",
+            "--sms-rate-per-sec",
+            "2",
+            "--push-rate-per-sec",
+            "5",
+        ]
+        .map(String::from),
+    );
+    let herald = node(&dir, &provider.url(), &limited).await;
+    herald.wait_ready(&client).await;
+    let mut ids = Vec::new();
+    for channel in ["email", "sms", "push"] {
+        let body = json!({"to": "user@example.com", "message": "hi", "type": channel});
+        ids.push(submit(&herald, &client, &body).await);
+    }
+    all_final(&herald, &client, &ids, Duration::from_secs(15)).await;
+    for id in &ids {
+        assert_eq!(herald.request(&client, id).await["status"], "sent", "{id}");
+    }
+    assert_delivered_once(&provider.simulator, &ids);
+    assert!(herald.terminate().await.success());
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::domain::Channel;
+
 /// At most `calls` calls in any sliding window of `window`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
@@ -40,6 +42,17 @@ impl RateSettings {
             (None, Some(per_sec)) => RateLimit::per_second(per_sec, self.burst),
             (None, None) => Ok(REFERENCE_LIMIT),
         }
+    }
+
+    /// The channels with a limit of their own, and its calls per second.
+    pub fn per_channel(&self) -> impl Iterator<Item = (Channel, f64)> {
+        [
+            (Channel::Email, self.email_per_sec),
+            (Channel::Sms, self.sms_per_sec),
+            (Channel::Push, self.push_per_sec),
+        ]
+        .into_iter()
+        .filter_map(|(channel, rate)| Some((channel, rate?)))
     }
 }
 

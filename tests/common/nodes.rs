@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use tempfile::TempDir;
 
 use herald::simulator::{RunningSimulator, Simulator};
@@ -52,6 +53,23 @@ pub async fn one_ready_node(redis: &PrivateRedis, vhost: &Vhost) -> OneNode {
         herald,
         dir,
     }
+}
+
+/// Creates `body` on `herald` and asks for its delivery; returns its id.
+pub async fn submit(herald: &HeraldProcess, client: &reqwest::Client, body: &Value) -> String {
+    let response = client
+        .post(format!("{}/v1/requests", herald.address))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(herald.process(client, &id).await, 202);
+    id
 }
 
 /// Every id reached the provider exactly once.

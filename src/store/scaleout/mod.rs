@@ -16,8 +16,8 @@
 //! - `liveness.rs`: each node's liveness key and the rescuer of dead
 //!   nodes' leases;
 //! - `reports.rs`: external senders' reports (`--dispatch external`);
-//! - `gate.rs`: [`RateGate`](crate::store::RateGate), one sliding window
-//!   shared by every node.
+//! - `gate/`: [`RateGate`](crate::store::RateGate), one sliding window
+//!   shared by every node, and per-channel places shared the same way.
 //!
 //! The design is `shared/design/scale-out.md` (design B); the README's
 //! "Scale-out engine" section says where this build differs.
@@ -113,7 +113,6 @@ impl ScaleoutStore {
         options: ScaleoutOptions,
         rate: &RateSettings,
     ) -> Result<(Arc<Self>, Arc<dyn RateGate>), StoreError> {
-        refuse_channel_limits(rate)?;
         let redis = Arc::new(RedisLink::connect(&options.redis_url).await?);
         let volatile = match guard::volatility(&redis).await? {
             None => None,
@@ -132,16 +131,15 @@ impl ScaleoutStore {
         let scripts = Arc::new(Scripts::new());
         let tag = format!("{{{}}}", options.prefix);
         let dataset = dataset::mark(&redis, &tag).await?;
-        let limit = rate
-            .limit()
-            .map_err(|error| StoreError::Refused(error.to_string()))?;
-        let gate = Arc::new(SharedGate::new(
+        let gate = SharedGate::new(
             redis.clone(),
             scripts.clone(),
             tag.clone(),
             &options.instance,
-            limit,
-        ));
+            rate,
+        )
+        .map_err(|error| StoreError::Refused(error.to_string()))?;
+        let gate = Arc::new(gate);
         let store = Arc::new(Self {
             redis,
             scripts,
@@ -180,23 +178,6 @@ impl ScaleoutStore {
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Per-channel limits are kept per process by the embedded engine; sharing
-/// them across nodes is not built, so the scale-out engine refuses them
-/// rather than enforce them per node and call that the cluster's limit.
-fn refuse_channel_limits(rate: &RateSettings) -> Result<(), StoreError> {
-    let set = [
-        ("--email-rate-per-sec", rate.email_per_sec),
-        ("--sms-rate-per-sec", rate.sms_per_sec),
-        ("--push-rate-per-sec", rate.push_per_sec),
-    ];
-    match set.iter().find(|(_, value)| value.is_some()) {
-        Some((flag, _)) => Err(StoreError::Refused(format!(
-            "{flag} is not supported by --backend scaleout yet (per-channel limits are not shared across nodes); use --rate-limit"
-        ))),
-        None => Ok(()),
     }
 }
 

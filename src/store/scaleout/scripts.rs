@@ -22,6 +22,7 @@ pub(super) struct Scripts {
     pub gate_reserve: Script,
     pub gate_sent: Script,
     pub gate_throttled: Script,
+    pub gate_channel: Script,
 }
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -47,6 +48,7 @@ impl Scripts {
             gate_reserve: script(include_str!("lua/gate_reserve.lua")),
             gate_sent: script(include_str!("lua/gate_sent.lua")),
             gate_throttled: script(include_str!("lua/gate_throttled.lua")),
+            gate_channel: script(include_str!("lua/gate_channel.lua")),
         }
     }
 }

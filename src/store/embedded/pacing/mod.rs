@@ -90,16 +90,9 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(settings: &RateSettings) -> Result<Self, InvalidRate> {
         let limit = settings.limit()?;
-        let channel_rates = [
-            (Channel::Email, settings.email_per_sec),
-            (Channel::Sms, settings.sms_per_sec),
-            (Channel::Push, settings.push_per_sec),
-        ];
         let mut per_channel = HashMap::new();
-        for (channel, rate) in channel_rates {
-            if let Some(rate) = rate {
-                per_channel.insert(channel, ChannelPace::new(rate)?);
-            }
+        for (channel, rate) in settings.per_channel() {
+            per_channel.insert(channel, ChannelPace::new(rate)?);
         }
         Ok(Self {
             per_channel,

@@ -16,6 +16,11 @@
 //!
 //! Redis out of reach closes the gate: no call goes out while the records
 //! it would write are unreachable anyway.
+//!
+//! Per-channel limits (`--sms-rate-per-sec` and the like) are the cluster's
+//! too: `places.rs` says how, and what bound that gives.
+
+mod places;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 use super::link::RedisLink;
 use super::scripts::Scripts;
 use crate::domain::Channel;
-use crate::store::rate::RateLimit;
+use crate::store::rate::{InvalidRate, RateLimit, RateSettings};
 use crate::store::{InstanceId, RateGate, RateSlot};
+use places::ChannelPlaces;
 
 /// Added to the window: the provider counts a call when it admits it, after
 /// Herald stamped it, and on a loaded machine that can be 100 ms and more
@@ -51,6 +57,8 @@ enum Report {
     Throttled(Option<Duration>),
     /// A breaker opened: hold every node this long.
     ProviderDown(Duration),
+    /// This node needs the channel's next place.
+    Claim(Channel),
 }
 
 pub struct SharedGate {
@@ -60,6 +68,7 @@ pub struct SharedGate {
     /// This node's slots are `<instance>#<n>` in the shared window.
     instance: String,
     limit: RateLimit,
+    places: ChannelPlaces,
     next_id: AtomicU64,
     /// Places reserved and not yet used or given back.
     held: std::sync::Mutex<std::collections::HashSet<u64>>,
@@ -73,20 +82,21 @@ impl SharedGate {
         scripts: Arc<Scripts>,
         tag: String,
         instance: &InstanceId,
-        limit: RateLimit,
-    ) -> Self {
+        rate: &RateSettings,
+    ) -> Result<Self, InvalidRate> {
         let (reports, receiver) = mpsc::unbounded_channel();
-        Self {
+        Ok(Self {
             redis,
             scripts,
             tag,
             instance: instance.0.clone(),
-            limit,
+            limit: rate.limit()?,
+            places: ChannelPlaces::new(rate)?,
             next_id: AtomicU64::new(0),
             held: std::sync::Mutex::new(std::collections::HashSet::new()),
             reports,
             pending_reports: std::sync::Mutex::new(Some(receiver)),
-        }
+        })
     }
 
     fn member(&self, id: u64) -> String {
@@ -159,8 +169,43 @@ impl SharedGate {
                 self.pause(pause, true).await?;
             }
             Report::ProviderDown(hold) => self.pause(hold, false).await?,
+            Report::Claim(channel) => self.claim(channel).await?,
         }
         Ok(())
+    }
+
+    /// Claims the channel's next place in Redis for this node and keeps it
+    /// in the cache `channel_wait` reads, timed by the round trip.
+    async fn claim(&self, channel: Channel) -> Result<(), crate::store::StoreError> {
+        let Some(gap) = self.places.gap(channel) else {
+            return Ok(());
+        };
+        // Whole µs, rounded up: never a shorter gap than the limit's.
+        let gap_us = gap.as_nanos().div_ceil(1_000) as u64;
+        let sent = tokio::time::Instant::now();
+        let claimed: Result<u64, _> = self
+            .redis
+            .script(
+                self.scripts
+                    .gate_channel
+                    .arg(&self.tag)
+                    .arg(channel.as_str())
+                    .arg(gap_us),
+            )
+            .await;
+        let received = tokio::time::Instant::now();
+        match claimed {
+            Ok(wait_us) => {
+                let wait = Duration::from_micros(wait_us);
+                self.places.claimed(channel, sent, received, wait);
+                Ok(())
+            }
+            Err(error) => {
+                self.places
+                    .unanswered(channel, received + UNREACHABLE_BACKOFF);
+                Err(error)
+            }
+        }
     }
 
     /// Pauses every node for `pause` (zero: not at all), halving the
@@ -217,12 +262,20 @@ impl RateGate for SharedGate {
         }
     }
 
-    /// Per-channel limits are refused at start (`mod.rs`).
-    fn channel_wait(&self, _channel: Channel) -> Option<Duration> {
-        None
+    /// Reads this node's cache only: the place it holds (`places.rs`).
+    fn channel_wait(&self, channel: Channel) -> Option<Duration> {
+        let asked = self.places.ask(channel, tokio::time::Instant::now());
+        if asked.claim {
+            self.report(Report::Claim(channel));
+        }
+        asked.wait
     }
 
-    fn take_channel(&self, _channel: Channel) {}
+    fn take_channel(&self, channel: Channel) {
+        if self.places.take(channel) {
+            self.report(Report::Claim(channel));
+        }
+    }
 
     fn sending(&self, slot: &RateSlot) {
         self.held().remove(&slot.id);
