@@ -385,6 +385,15 @@ impl GatewayConfig {
         }
     }
 
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms),
+            max_delay: Duration::from_millis(self.retry_max_delay_ms),
+            max_attempts: self.max_attempts,
+            max_age: Duration::from_secs(self.max_age_secs),
+        }
+    }
+
     pub fn scaleout_options(&self) -> ScaleoutOptions {
         ScaleoutOptions {
             redis_url: self.redis_url.as_str().to_string(),
@@ -396,6 +405,7 @@ impl GatewayConfig {
             prefetch: self.prefetch.max(1),
             external: self.dispatch == DispatchMode::External,
             accept_data_loss: self.accept_data_loss,
+            retry: self.retry_policy(),
         }
     }
 
@@ -428,12 +438,7 @@ impl GatewayConfig {
                 connect_timeout: Duration::from_millis(self.connect_timeout_ms),
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
-            retry: RetryPolicy {
-                base: Duration::from_millis(self.retry_base_ms),
-                max_delay: Duration::from_millis(self.retry_max_delay_ms),
-                max_attempts: self.max_attempts,
-                max_age: Duration::from_secs(self.max_age_secs),
-            },
+            retry: self.retry_policy(),
             breaker: BreakerSettings {
                 threshold: self.breaker_threshold,
                 cooldown: Duration::from_millis(self.breaker_cooldown_ms),

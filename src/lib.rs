@@ -18,6 +18,7 @@ pub mod domain;
 pub mod instruments;
 pub mod keys;
 pub mod retention;
+pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -1,8 +1,8 @@
 //! The scale-out cluster end to end: several real `herald` nodes on a
 //! private durable Redis and a RabbitMQ of their own (a vhost, or a private
 //! node for the broker kill): a node killed mid-delivery, the shared rate
-//! limit and breaker, priority across nodes, RabbitMQ out of reach or killed,
-//! external senders. Skipped, with a message, where the services are missing.
+//! limit and breaker, priority across nodes, RabbitMQ out of reach or killed
+//! (external senders: `scaleout_external.rs`). Skipped, with a message, where the services are missing.
 
 mod common;
 
@@ -12,7 +12,7 @@ use common::nodes::{all_final, assert_delivered_once, client, node, services, su
 use common::services::{PrivateRedis, Vhost, scaleout_flags};
 use common::{fast_provider, spawn_provider_with_latency};
 use herald::simulator::Simulator;
-use serde_json::{Value, json};
+use serde_json::json;
 use tempfile::TempDir;
 
 #[tokio::test]
@@ -445,116 +445,5 @@ async fn a_broker_killed_under_load_loses_nothing_and_delivery_resumes_when_it_i
         assert_eq!(herald.request(&client, id).await["status"], "sent", "{id}");
         assert!(provider.simulator.deliveries_of(id) >= 1, "{id} delivered");
     }
-    assert!(herald.terminate().await.success());
-}
-
-#[tokio::test]
-async fn external_senders_consume_the_work_and_their_reports_set_status_and_history() {
-    use futures_lite::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
-    use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
-
-    let Some((redis, vhost)) = services() else {
-        return;
-    };
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let mut flags = scaleout_flags(&redis.url(), &vhost);
-    flags.extend(["--dispatch", "external"].map(String::from));
-    // No provider: the nodes never call one in this mode.
-    let herald = node(&dir, "http://127.0.0.1:9", &flags).await;
-    herald.wait_ready(&client).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let id = herald.create(&client).await;
-        assert_eq!(herald.process(&client, &id).await, 202);
-        ids.push(id);
-    }
-
-    // A sender of the operator's own, on the queue Herald declared.
-    let connection = Connection::connect(&vhost.amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("the test sender connects");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let (channel, mut work) = loop {
-        let channel = connection.create_channel().await.unwrap();
-        let consumed = channel
-            .basic_consume(
-                "herald.work.email".into(),
-                "test-sender".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await;
-        if let Ok(consumer) = consumed {
-            break (channel, consumer);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "herald.work.email never declared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut reported = std::collections::HashMap::new();
-    for n in 0..3 {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), work.next())
-            .await
-            .expect("work reaches the external sender")
-            .expect("a delivery")
-            .unwrap();
-        let pointer: Value = serde_json::from_slice(&delivery.data).unwrap();
-        let id = pointer["id"].as_str().unwrap().to_string();
-        let report = if n < 2 {
-            json!({"id": id, "seq": pointer["seq"], "outcome": "sent", "provider_id": format!("ext-{n}")})
-        } else {
-            json!({"id": id, "seq": pointer["seq"], "outcome": "failed", "error": "mailbox \"full\""})
-        };
-        // Every report twice: applying one must be idempotent.
-        for _ in 0..2 {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    "herald.status".into(),
-                    BasicPublishOptions::default(),
-                    report.to_string().as_bytes(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap();
-            drop(confirm);
-        }
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-        reported.insert(id, n);
-    }
-    assert_eq!(reported.len(), 3, "each request was published once");
-    all_final(&herald, &client, &ids, Duration::from_secs(15)).await;
-    for id in &ids {
-        let n = reported[id];
-        let record = herald.request(&client, id).await;
-        let events = herald.events(&client, id).await;
-        let kinds = herald.event_kinds(&client, id).await;
-        assert_eq!(
-            kinds,
-            [
-                "created",
-                "process_requested",
-                "attempt_started",
-                "attempt_finished"
-            ],
-            "one attempt, whatever the repeats: {events}"
-        );
-        if n < 2 {
-            assert_eq!(record["status"], "sent", "{record}");
-            assert_eq!(record["provider_id"], format!("ext-{n}"));
-        } else {
-            assert_eq!(record["status"], "failed", "{record}");
-            assert!(
-                events.to_string().contains("mailbox \\\"full\\\""),
-                "{events}"
-            );
-        }
-    }
-    let _ = connection.close(200, "done".into()).await;
     assert!(herald.terminate().await.success());
 }

@@ -11,32 +11,18 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use serde_json::Value;
 use tempfile::TempDir;
 
 use common::child::HeraldProcess;
-use common::nodes::{client, node, redis_command, services};
-use common::services::{Vhost, scaleout_flags};
-
-/// An external-dispatch node: it publishes work and consumes none.
-async fn publishing_node(
-    dir: &TempDir,
-    redis: &str,
-    vhost: &Vhost,
-    extra: &[&str],
-) -> HeraldProcess {
-    let mut flags = scaleout_flags(redis, vhost);
-    flags.extend(["--dispatch", "external"].map(String::from));
-    flags.extend(extra.iter().map(|flag| flag.to_string()));
-    node(dir, "http://127.0.0.1:9", &flags).await
-}
+use common::nodes::{client, external_node, redis_command, services};
+use common::sender::TestSender;
+use common::services::Vhost;
 
 /// Creates and processes `n` emails; their ids.
-async fn submit(herald: &HeraldProcess, client: &reqwest::Client, n: usize) -> Vec<String> {
+async fn submit_emails(herald: &HeraldProcess, client: &reqwest::Client, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {
         let id = herald.create(client).await;
@@ -80,33 +66,15 @@ async fn messages_in_email_queue(vhost: &Vhost) -> Option<u32> {
     queue.map(|queue| queue.message_count())
 }
 
-/// Consumes `herald.work.email` until every id in `ids` arrived (20 s at most).
+/// Consumes `herald.work.email` until every id in `ids` arrived.
 async fn consume_all(vhost: &Vhost, ids: &[String]) {
-    let connection = Connection::connect(&vhost.amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("the test sender connects");
-    let channel = connection.create_channel().await.unwrap();
-    let mut work = channel
-        .basic_consume(
-            "herald.work.email".into(),
-            "test-sender".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("the work queue is declared");
+    let mut sender = TestSender::consume(vhost, "herald.work.email").await;
     let mut missing: HashSet<&str> = ids.iter().map(String::as_str).collect();
     while !missing.is_empty() {
-        let delivery = tokio::time::timeout(Duration::from_secs(20), work.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} requests never came back: {missing:?}", missing.len()))
-            .expect("a delivery")
-            .unwrap();
-        let pointer: Value = serde_json::from_slice(&delivery.data).unwrap();
+        let pointer = sender.next().await;
         missing.remove(pointer["id"].as_str().unwrap());
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
-    let _ = connection.close(200, "done".into()).await;
+    sender.close().await;
 }
 
 #[tokio::test]
@@ -116,9 +84,9 @@ async fn a_broker_that_lost_its_messages_gets_every_waiting_request_again() {
     };
     let client = client();
     let dir = TempDir::new().unwrap();
-    let herald = publishing_node(&dir, &redis.url(), &vhost, &[]).await;
+    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
     herald.wait_ready(&client).await;
-    let ids = submit(&herald, &client, 20).await;
+    let ids = submit_emails(&herald, &client, 20).await;
     wait_for_messages(&vhost, 20).await;
 
     vhost.wipe();
@@ -143,14 +111,14 @@ async fn a_redis_wiped_while_the_nodes_were_down_is_refused_until_the_loss_is_ac
     };
     let client = client();
     let dir = TempDir::new().unwrap();
-    let herald = publishing_node(&dir, &redis.url(), &vhost, &[]).await;
+    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
     herald.wait_ready(&client).await;
-    submit(&herald, &client, 5).await;
+    submit_emails(&herald, &client, 5).await;
     wait_for_messages(&vhost, 5).await;
     assert!(herald.terminate().await.success());
 
     redis_command(&redis, &["FLUSHALL"]);
-    let herald = publishing_node(&dir, &redis.url(), &vhost, &[]).await;
+    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
     let ready = herald.wait_not_ready(&client, "storage").await;
     assert!(ready.to_string().contains("lost its data"), "{ready}");
     let create = client
@@ -174,7 +142,7 @@ async fn a_redis_wiped_while_the_nodes_were_down_is_refused_until_the_loss_is_ac
         "the refused node left the old work where it was"
     );
 
-    let herald = publishing_node(&dir, &redis.url(), &vhost, &["--accept-data-loss"]).await;
+    let herald = external_node(&dir, &redis.url(), &vhost, &["--accept-data-loss"]).await;
     herald.wait_ready(&client).await;
     let id = herald.create(&client).await;
     assert_eq!(herald.request(&client, &id).await["status"], "queued");

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::breaker::CircuitBreaker;
 use super::provider::{CallOutcome, ProviderClient};
-use super::retry::RetryPolicy;
 use crate::domain::now_ms;
 use crate::instruments;
+use crate::retry::RetryPolicy;
 use crate::store::{AttemptReport, Decision, Lease, RateGate, RateSlot, Records, StoreError};
 
 /// How long to wait before retrying a failed write of an attempt's outcome.

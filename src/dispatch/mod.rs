@@ -11,7 +11,6 @@
 mod attempt;
 mod breaker;
 mod provider;
-mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,10 +21,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use crate::retry::RetryPolicy;
 pub use attempt::decide;
 pub use breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 pub use provider::{CallOutcome, ProviderClient, ProviderSettings};
-pub use retry::RetryPolicy;
 
 use crate::store::{Backend, Lease, RateSlot, StoreError, WorkSource};
 use attempt::AttemptContext;

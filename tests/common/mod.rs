@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod nodes;
+pub mod sender;
 pub mod services;
 pub mod tmpfs;
 

@@ -32,6 +32,20 @@ pub async fn node(dir: &TempDir, provider: &str, flags: &[String]) -> HeraldProc
     HeraldProcess::start(dir.path(), provider, &flags).await
 }
 
+/// A `--dispatch external` node on `redis` and `vhost`: it publishes the
+/// work and calls no provider (senders of the operator's own do).
+pub async fn external_node(
+    dir: &TempDir,
+    redis: &str,
+    vhost: &Vhost,
+    extra: &[&str],
+) -> HeraldProcess {
+    let mut flags = scaleout_flags(redis, vhost);
+    flags.extend(["--dispatch", "external"].map(String::from));
+    flags.extend(extra.iter().map(|flag| flag.to_string()));
+    node(dir, "http://127.0.0.1:9", &flags).await
+}
+
 /// One ready node on `redis` and `vhost`, calling a fast simulator of its own.
 pub struct OneNode {
     pub provider: RunningSimulator,

@@ -71,6 +71,8 @@ pub struct ScaleoutOptions {
     pub external: bool,
     /// Serve a Redis that lost its data (`dataset.rs`) as a new dataset.
     pub accept_data_loss: bool,
+    /// When the retries external senders report go again (`reports.rs`).
+    pub retry: crate::retry::RetryPolicy,
 }
 
 /// A leased delivery: its schedule (the fence) and its message to ack.

@@ -1,5 +1,7 @@
 //! When to try again: exponential backoff with full jitter, bounded by an
 //! attempt count and an age, and never earlier than the provider's `Retry-After`.
+//! The dispatcher judges its own calls by it, and the scale-out engine the
+//! retries external senders report, so it belongs to neither.
 
 use std::time::Duration;
 

@@ -1,0 +1,84 @@
+//! A sender of the operator's own for `--dispatch external` tests: it
+//! consumes a work queue Herald declared, reads each pointer message, and
+//! publishes reports to `herald.status`, as a real sender would.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+
+use super::services::Vhost;
+
+pub struct TestSender {
+    connection: Connection,
+    channel: lapin::Channel,
+    work: lapin::Consumer,
+}
+
+impl TestSender {
+    /// Consumes `queue` on `vhost`, waiting up to 20 s for Herald to declare it.
+    pub async fn consume(vhost: &Vhost, queue: &str) -> Self {
+        let connection = Connection::connect(&vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("the test sender connects");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let channel = connection.create_channel().await.unwrap();
+            let consumed = channel
+                .basic_consume(
+                    queue.into(),
+                    "test-sender".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            if let Ok(work) = consumed {
+                return Self {
+                    connection,
+                    channel,
+                    work,
+                };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} never declared"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The next work message (10 s at most): its pointer `{id, seq}`, acked.
+    pub async fn next(&mut self) -> Value {
+        let delivery: Delivery = tokio::time::timeout(Duration::from_secs(10), self.work.next())
+            .await
+            .expect("work reaches the sender")
+            .expect("a delivery")
+            .unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        serde_json::from_slice(&delivery.data).unwrap()
+    }
+
+    /// Publishes `report` to `herald.status`, persistently.
+    pub async fn report(&self, report: &Value) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                "herald.status".into(),
+                BasicPublishOptions::default(),
+                report.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        drop(confirm);
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
