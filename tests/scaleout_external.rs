@@ -1,7 +1,8 @@
 //! `--dispatch external`: the nodes publish the work and a sender of the
 //! operator's own (`common/sender.rs`) consumes it and reports outcomes on
 //! `herald.status`; statuses and history follow the reports, repeats change
-//! nothing, and a reported retry goes again on Herald's retry policy.
+//! nothing, a reported retry goes again on Herald's retry policy, and a
+//! message no node can read is set aside in `herald.dead`.
 //! Skipped, with a message, where the services are missing.
 
 mod common;
@@ -12,8 +13,10 @@ use std::time::Duration;
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::nodes::{all_final, client, external_node, services};
+use common::nodes::{all_final, client, external_node, node, services};
 use common::sender::TestSender;
+use common::services::scaleout_flags;
+use lapin::types::AMQPValue;
 
 #[tokio::test]
 async fn external_senders_consume_the_work_and_their_reports_set_status_and_history() {
@@ -148,4 +151,47 @@ async fn a_reported_retry_goes_again_until_the_retry_budget_is_spent() {
     assert_eq!(retries, 2, "two attempts name their next one: {events}");
     sender.close().await;
     assert!(herald.terminate().await.success());
+}
+
+#[tokio::test]
+async fn unreadable_reports_and_work_messages_are_set_aside_not_dropped() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    // One node consumes the reports, the other the work.
+    let reports = external_node(&dir, &redis.url(), &vhost, &[]).await;
+    let mut flags = scaleout_flags(&redis.url(), &vhost);
+    flags.extend(["--instance-id", "worker"].map(String::from));
+    let worker = node(&dir, "http://127.0.0.1:9", &flags).await;
+    reports.wait_ready(&client).await;
+    worker.wait_ready(&client).await;
+    let mut dead = TestSender::consume(&vhost, "herald.dead").await;
+
+    dead.publish("", "herald.status", b"{\"id\": 42}").await;
+    dead.publish("herald.work", "email", b"not json").await;
+    let mut set_aside = HashMap::new();
+    for _ in 0..2 {
+        let message = dead.next_message().await;
+        let headers = message.properties.headers().clone().unwrap_or_default();
+        let header = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(text)) => text.to_string(),
+            other => panic!("{name}: {other:?}"),
+        };
+        let body = String::from_utf8_lossy(&message.data).to_string();
+        set_aside.insert(
+            header("x-herald-routing-key"),
+            (body, header("x-herald-reason")),
+        );
+    }
+    let (body, reason) = &set_aside["herald.status"];
+    assert_eq!(body, "{\"id\": 42}", "the report as it was sent");
+    assert!(reason.contains("not a status report"), "{reason}");
+    let (body, reason) = &set_aside["email"];
+    assert_eq!(body, "not json", "the work message as it was sent");
+    assert!(reason.contains("not a work message"), "{reason}");
+    dead.close().await;
+    assert!(reports.terminate().await.success());
+    assert!(worker.terminate().await.success());
 }

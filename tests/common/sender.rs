@@ -53,24 +53,35 @@ impl TestSender {
 
     /// The next work message (10 s at most): its pointer `{id, seq}`, acked.
     pub async fn next(&mut self) -> Value {
+        serde_json::from_slice(&self.next_message().await.data).unwrap()
+    }
+
+    /// The next message as delivered (10 s at most), acked.
+    pub async fn next_message(&mut self) -> Delivery {
         let delivery: Delivery = tokio::time::timeout(Duration::from_secs(10), self.work.next())
             .await
-            .expect("work reaches the sender")
+            .expect("a message reaches the sender")
             .expect("a delivery")
             .unwrap();
         delivery.ack(BasicAckOptions::default()).await.unwrap();
-        serde_json::from_slice(&delivery.data).unwrap()
+        delivery
     }
 
     /// Publishes `report` to `herald.status`, persistently.
     pub async fn report(&self, report: &Value) {
+        self.publish("", "herald.status", report.to_string().as_bytes())
+            .await;
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key`, persistently.
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         let confirm = self
             .channel
             .basic_publish(
-                "".into(),
-                "herald.status".into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions::default(),
-                report.to_string().as_bytes(),
+                body,
                 BasicProperties::default().with_delivery_mode(2),
             )
             .await

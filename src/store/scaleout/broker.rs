@@ -7,7 +7,8 @@
 //!
 //! With `--dispatch external` the node consumes no work: senders of the
 //! operator's own do, and report back on the durable queue `herald.status`
-//! (`reports.rs` applies them); the node consumes that queue instead.
+//! (`reports.rs` applies them); the node consumes that queue instead. A
+//! message no node can read is set aside in `herald.dead`, never dropped.
 //!
 //! One connection per node, two channels (publishing, consuming). The
 //! session declares the topology every time it connects, and a lost
@@ -34,6 +35,9 @@ use crate::domain::Channel;
 const EXCHANGE: &str = "herald.work";
 /// Where external senders report outcomes (through the default exchange).
 pub(super) const STATUS_QUEUE: &str = "herald.status";
+/// Where a message no node can read is set aside, with why, instead of being
+/// dropped: an operator can read it, fix it, and publish it again.
+pub(super) const DEAD_QUEUE: &str = "herald.dead";
 /// Priority levels per queue: each is a sub-queue in RabbitMQ, so few.
 const MAX_PRIORITY: u8 = 3;
 /// How long a connection, a declaration or a confirm may take.
@@ -224,8 +228,63 @@ impl Broker {
                 self.arrived.notify_waiters();
             }
             _ => {
-                tracing::error!(routing_key = %delivery.routing_key, "an unreadable work message; dropped");
-                ack(&delivery).await;
+                self.set_aside(
+                    &delivery,
+                    "not a work message {id, seq} on a channel's routing key",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Sets `delivery` aside in [`DEAD_QUEUE`] with `reason` and the routing
+    /// key it came with, then acks it. One that cannot be set aside stays
+    /// unacknowledged: the broker gives it back when the session ends.
+    pub async fn set_aside(&self, delivery: &Delivery, reason: &str) {
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(publisher) = publisher else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-herald-reason".into(),
+            AMQPValue::LongString(reason.into()),
+        );
+        let routing_key = delivery.routing_key.as_str();
+        headers.insert(
+            "x-herald-routing-key".into(),
+            AMQPValue::LongString(routing_key.into()),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let sent = publisher.basic_publish(
+            "".into(),
+            DEAD_QUEUE.into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            properties,
+        );
+        let confirmed = async { bounded(bounded(sent).await?).await }.await;
+        match confirmed {
+            Ok(confirmation) if confirmation.is_ack() => {
+                tracing::error!(
+                    routing_key,
+                    reason,
+                    "an unreadable message; set aside in {DEAD_QUEUE}"
+                );
+                ack(delivery).await;
+            }
+            Ok(_) => tracing::warn!(
+                routing_key,
+                "an unreadable message the broker would not set aside; left in its queue"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, routing_key, "an unreadable message not set aside yet; left in its queue")
             }
         }
     }
@@ -352,8 +411,8 @@ pub(super) fn queue_name(channel: Channel) -> String {
     format!("{EXCHANGE}.{channel}")
 }
 
-/// The exchange, per channel its priority queue bound by routing key, and
-/// the status queue.
+/// The exchange, per channel its priority queue bound by routing key, the
+/// status queue and the queue of messages set aside.
 async fn declare(channel: &lapin::Channel) -> Result<(), BrokerError> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
@@ -390,8 +449,10 @@ async fn declare(channel: &lapin::Channel) -> Result<(), BrokerError> {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let status = channel.queue_declare(STATUS_QUEUE.into(), durable_queue, FieldTable::default());
-    bounded(status).await?;
+    for queue in [STATUS_QUEUE, DEAD_QUEUE] {
+        let declared = channel.queue_declare(queue.into(), durable_queue, FieldTable::default());
+        bounded(declared).await?;
+    }
     Ok(())
 }
 

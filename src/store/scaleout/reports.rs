@@ -96,13 +96,13 @@ impl ScaleoutStore {
         }
     }
 
-    /// Applies one report and acks it; an unreadable one is acked and logged.
+    /// Applies one report and acks it; an unreadable one is set aside.
     async fn apply(&self, delivery: &lapin::message::Delivery) -> Result<(), StoreError> {
         let report = match serde_json::from_slice::<StatusReport>(&delivery.data) {
             Ok(report) => report,
             Err(error) => {
-                tracing::error!(%error, "an unreadable status report; dropped");
-                broker::ack(delivery).await;
+                let reason = format!("not a status report: {error}");
+                self.broker.set_aside(delivery, &reason).await;
                 return Ok(());
             }
         };
