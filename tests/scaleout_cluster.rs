@@ -1,8 +1,10 @@
 //! The scale-out cluster end to end: several real `herald` nodes on a
 //! private durable Redis and a RabbitMQ of their own (a vhost, or a private
-//! node for the broker kill): a node killed mid-delivery, the shared rate
-//! limit and breaker, priority across nodes, RabbitMQ out of reach or killed
-//! (external senders: `scaleout_external.rs`). Skipped, with a message, where the services are missing.
+//! node for the broker kill): a node killed mid-delivery (and one started
+//! again under its own instance id), the shared rate limit and breaker,
+//! priority across nodes, RabbitMQ out of reach or killed (external
+//! senders: `scaleout_external.rs`). Skipped, with a message, where the
+//! services are missing.
 
 mod common;
 
@@ -88,6 +90,62 @@ async fn a_node_killed_mid_delivery_loses_nothing_and_its_leases_come_back() {
     assert!(
         recovered >= 1,
         "the history shows the killed node's leases recovered"
+    );
+}
+
+/// A node killed and started again under the same `--instance-id` (as the
+/// compose nodes are) beats the liveness key its killed run held leases
+/// under, and the broker gave the killed run's messages to the node left,
+/// which drops them (leased elsewhere): the restart itself must take those
+/// leases back, or they wait for their deadline. Leases here last 10 minutes
+/// (6 × the call timeout), so only the restart can bring them back within
+/// the minute this test waits. It tells only when the restart beats within
+/// the liveness key's 3 s (a later one lets the rescuer in, and passes).
+#[tokio::test]
+async fn a_node_started_again_under_its_instance_id_takes_its_killed_runs_leases_back() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    // The node to kill calls slowly, so its calls are in flight at the kill;
+    // the other quickly, so it is free to take the killed run's messages.
+    let slow = spawn_provider_with_latency(3_000, 4_000).await;
+    let fast = Simulator::spawn(fast_provider()).await.unwrap();
+    let client = client();
+    let dirs: Vec<TempDir> = (0..2).map(|_| TempDir::new().unwrap()).collect();
+    let mut flags = scaleout_flags(&redis.url(), &vhost);
+    flags.extend(["--request-timeout-ms", "100000"].map(String::from));
+    let mut restarted_flags = flags.clone();
+    restarted_flags.extend(["--instance-id", "restarted"].map(String::from));
+    let mut restarted = node(&dirs[0], &slow.url(), &restarted_flags).await;
+    let other = node(&dirs[1], &fast.url(), &flags).await;
+    restarted.wait_ready(&client).await;
+    other.wait_ready(&client).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let id = restarted.create(&client).await;
+        assert_eq!(restarted.process(&client, &id).await, 202);
+        ids.push(id);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while slow.simulator.calls_in_progress() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    restarted.kill();
+    let restarted = node(&dirs[0], &slow.url(), &restarted_flags).await;
+    restarted.wait_ready(&client).await;
+    all_final(&other, &client, &ids, Duration::from_secs(60)).await;
+    let mut recovered = 0;
+    for id in &ids {
+        let kinds = other.event_kinds(&client, id).await;
+        recovered += usize::from(kinds.iter().any(|kind| kind == "lease_recovered"));
+    }
+    assert!(
+        recovered >= 1,
+        "the history shows the killed run's leases recovered"
     );
 }
 

@@ -158,6 +158,7 @@ impl ScaleoutStore {
             lost: Mutex::new(None),
         });
         store.beat().await?;
+        store.rescue_at_start().await?;
         store.refresh_pending().await?;
         tracing::info!(instance = %store.options.instance, pending = store.pending.load(Ordering::Relaxed), "scale-out engine open");
         Ok((store, gate))

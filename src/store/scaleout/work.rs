@@ -122,9 +122,31 @@ impl ScaleoutStore {
 
     /// Takes back the leases of dead nodes and those past their deadline.
     pub(super) async fn rescue(&self) -> Result<usize, StoreError> {
+        self.take_back("").await
+    }
+
+    /// At start, before the dispatcher leases anything: takes back, with the
+    /// dead nodes' leases, those held under this node's own instance id. They
+    /// are an earlier run's (killed, then started again under the same
+    /// `--instance-id`, as the compose nodes and the drill are), and the
+    /// liveness key this run beats keeps the rescuer off them until their
+    /// deadline: 60 s by default, which was most of the 3-node drill's drain
+    /// (BENCHMARKS.md).
+    pub(super) async fn rescue_at_start(&self) -> Result<usize, StoreError> {
+        self.take_back(&self.options.instance.0).await
+    }
+
+    /// The `rescue` script; `starting`: an owner whose every lease goes too.
+    async fn take_back(&self, starting: &str) -> Result<usize, StoreError> {
         let rescued: usize = self
             .redis
-            .script(self.scripts.rescue.arg(&self.tag).arg(RESCUE_BATCH))
+            .script(
+                self.scripts
+                    .rescue
+                    .arg(&self.tag)
+                    .arg(RESCUE_BATCH)
+                    .arg(starting),
+            )
             .await?;
         if rescued > 0 {
             tracing::info!(rescued, "leases taken back from dead or late attempts");
