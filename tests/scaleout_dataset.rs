@@ -14,10 +14,9 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use tempfile::TempDir;
 
 use common::child::HeraldProcess;
-use common::nodes::{client, external_node, redis_command, services};
+use common::nodes::{external_node, ready_external_node, redis_command, services};
 use common::sender::TestSender;
 use common::services::Vhost;
 
@@ -82,10 +81,7 @@ async fn a_broker_that_lost_its_messages_gets_every_waiting_request_again() {
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
-    herald.wait_ready(&client).await;
+    let (client, _dir, herald) = ready_external_node(&redis, &vhost, &[]).await;
     let ids = submit_emails(&herald, &client, 20).await;
     wait_for_messages(&vhost, 20).await;
 
@@ -109,10 +105,7 @@ async fn a_redis_wiped_while_the_nodes_were_down_is_refused_until_the_loss_is_ac
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
-    herald.wait_ready(&client).await;
+    let (client, dir, herald) = ready_external_node(&redis, &vhost, &[]).await;
     submit_emails(&herald, &client, 5).await;
     wait_for_messages(&vhost, 5).await;
     assert!(herald.terminate().await.success());

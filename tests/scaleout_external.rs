@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::nodes::{all_final, client, external_node, node, services};
+use common::nodes::{all_final, client, external_node, node, ready_external_node, services};
 use common::sender::TestSender;
 use common::services::scaleout_flags;
 use lapin::types::AMQPValue;
@@ -23,10 +23,7 @@ async fn external_senders_consume_the_work_and_their_reports_set_status_and_hist
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
-    herald.wait_ready(&client).await;
+    let (client, _dir, herald) = ready_external_node(&redis, &vhost, &[]).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = herald.create(&client).await;
@@ -86,11 +83,8 @@ async fn a_reported_retry_goes_again_until_the_retry_budget_is_spent() {
     let Some((redis, vhost)) = services() else {
         return;
     };
-    let client = client();
-    let dir = TempDir::new().unwrap();
-    let flags = ["--max-attempts", "3"];
-    let herald = external_node(&dir, &redis.url(), &vhost, &flags).await;
-    herald.wait_ready(&client).await;
+    let (client, _dir, herald) =
+        ready_external_node(&redis, &vhost, &["--max-attempts", "3"]).await;
     let id = herald.create(&client).await;
     assert_eq!(herald.process(&client, &id).await, 202);
     let mut sender = TestSender::consume(&vhost, "herald.work.email").await;

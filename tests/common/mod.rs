@@ -133,6 +133,15 @@ pub async fn spawn_gateway(
     let shutdown = app.shutdown_token();
     let records = app.records();
     let task = tokio::spawn(app.run_until_stopped());
+    if services.is_some() {
+        // A scale-out node takes requests at once, but is ready, as the
+        // embedded engine is from the start, once its broker session is up.
+        let check = records.clone();
+        eventually("the node's RabbitMQ session", async || {
+            check.work_queue_unavailable().is_none()
+        })
+        .await;
+    }
     TestApp {
         address,
         client: reqwest::Client::new(),

@@ -46,6 +46,19 @@ pub async fn external_node(
     node(dir, "http://127.0.0.1:9", &flags).await
 }
 
+/// A ready [`external_node`], with a client and the directory it keeps.
+pub async fn ready_external_node(
+    redis: &PrivateRedis,
+    vhost: &Vhost,
+    extra: &[&str],
+) -> (reqwest::Client, TempDir, HeraldProcess) {
+    let client = client();
+    let dir = TempDir::new().unwrap();
+    let herald = external_node(&dir, &redis.url(), vhost, extra).await;
+    herald.wait_ready(&client).await;
+    (client, dir, herald)
+}
+
 /// One ready node on `redis` and `vhost`, calling a fast simulator of its own.
 pub struct OneNode {
     pub provider: RunningSimulator,
