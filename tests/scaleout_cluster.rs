@@ -388,6 +388,11 @@ async fn while_rabbitmq_is_out_of_reach_work_waits_in_redis_and_goes_once_it_is_
         "no warning once it is back: {ready}"
     );
     assert_delivered_once(&provider.simulator, &ids);
+    // Out of reach again while connected: the broker force-closes the
+    // connection of a deleted vhost, and the node must notice.
+    vhost.delete();
+    let ready = herald.wait_not_ready(&client, "queue").await;
+    assert_eq!(ready["error"]["code"], "queue_unavailable", "{ready}");
     assert!(herald.terminate().await.success());
 }
 

@@ -85,9 +85,12 @@ async fn a_broker_that_lost_its_messages_gets_every_waiting_request_again() {
     let ids = submit_emails(&herald, &client, 20).await;
     wait_for_messages(&vhost, 20).await;
 
-    vhost.wipe();
+    // Deleted, and only then made again: the node must see its connection
+    // gone on its own (lapin left a force-closed one looking up).
+    vhost.delete();
     let ready = herald.wait_not_ready(&client, "queue").await;
     assert_eq!(ready["error"]["code"], "queue_unavailable", "{ready}");
+    vhost.open();
     herald.wait_ready(&client).await;
     consume_all(&vhost, &ids).await;
     for id in &ids {

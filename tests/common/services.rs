@@ -120,11 +120,11 @@ impl Vhost {
         ]);
     }
 
-    /// Deletes the vhost with every queue and message in it, and creates it
-    /// again empty: a broker that lost its data.
-    pub fn wipe(&self) {
+    /// Deletes the vhost with every queue and message in it: its
+    /// connections are closed, and [`Vhost::open`] makes it again, empty (a
+    /// broker that lost its data).
+    pub fn delete(&self) {
         rabbitmqctl(&["delete_vhost", &self.name]);
-        self.open();
     }
 
     fn named() -> Self {

@@ -42,6 +42,11 @@ pub(super) const DEAD_QUEUE: &str = "herald.dead";
 const MAX_PRIORITY: u8 = 3;
 /// How long a connection, a declaration or a confirm may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a session looks at its connection's state. A connection the
+/// broker closed (a deleted vhost: `CONNECTION_FORCED`) was seen to leave
+/// lapin's consumers pending, with no error, for as long as we watched (20 s
+/// and more), so the session reads the state itself.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -53,6 +58,8 @@ pub(super) enum BrokerError {
     Timeout,
     #[error("RabbitMQ is not connected")]
     Disconnected,
+    #[error("the connection to RabbitMQ is no longer up")]
+    Lost,
     #[error("the consumer of {0} stopped")]
     ConsumerEnded(String),
     #[error("checking the dataset: {0}")]
@@ -181,8 +188,12 @@ impl Broker {
         self.connected.notify_waiters();
         *backoff = BACKOFF_MIN;
         tracing::info!("RabbitMQ session up; topology declared");
+        let mut health = tokio::time::interval(HEALTH_CHECK);
         loop {
             tokio::select! {
+                _ = health.tick() => if !connection.status().connected() {
+                    return Err(BrokerError::Lost);
+                },
                 () = shutdown.cancelled() => {
                     self.set_publisher(None);
                     // The consumers first, so no delivery is in flight as the connection goes.
