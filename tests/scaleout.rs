@@ -312,32 +312,10 @@ async fn a_redis_that_comes_back_empty_stops_the_node_from_serving() {
     herald.wait_ready(&client).await;
     herald.create(&client).await;
     redis_command(&redis, &["FLUSHALL"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = client
-            .get(format!("{}/ready", herald.address))
-            .send()
-            .await
-            .unwrap();
-        if ready.status() == 503 {
-            let body: Value = ready.json().await.unwrap();
-            assert!(body.to_string().contains("lost"), "{body}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still ready with its data gone"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let create = client
-        .post(format!("{}/v1/requests", herald.address))
-        .json(&email())
-        .send()
-        .await
-        .unwrap();
+    let body = herald.wait_not_ready(&client, "storage").await;
+    assert!(body.to_string().contains("lost"), "{body}");
     assert_eq!(
-        create.status(),
+        herald.create_status(&client).await,
         503,
         "no new work on a dataset that lost the old"
     );

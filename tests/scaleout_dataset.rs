@@ -117,14 +117,8 @@ async fn a_redis_wiped_while_the_nodes_were_down_is_refused_until_the_loss_is_ac
     let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
     let ready = herald.wait_not_ready(&client, "storage").await;
     assert!(ready.to_string().contains("lost its data"), "{ready}");
-    let create = client
-        .post(format!("{}/v1/requests", herald.address))
-        .json(&serde_json::json!({"to": "a@example.com", "message": "hi", "type": "email"}))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        create.status(),
+        herald.create_status(&client).await,
         503,
         "nothing new on a dataset that lost the old"
     );

@@ -183,15 +183,24 @@ impl HeraldProcess {
 
     /// Creates the usual test request; returns its id.
     pub async fn create(&self, client: &reqwest::Client) -> String {
-        let response = client
+        let response = self.post_create(client).await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Tries to create the usual test request; the HTTP status.
+    pub async fn create_status(&self, client: &reqwest::Client) -> u16 {
+        self.post_create(client).await.status().as_u16()
+    }
+
+    async fn post_create(&self, client: &reqwest::Client) -> reqwest::Response {
+        client
             .post(format!("{}/v1/requests", self.address))
             .json(&super::email())
             .send()
             .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let body: Value = response.json().await.unwrap();
-        body["id"].as_str().unwrap().to_string()
+            .unwrap()
     }
 
     /// Asks for delivery; returns the HTTP status.
