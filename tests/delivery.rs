@@ -115,11 +115,18 @@ async fn a_429_with_retry_after_delays_the_next_attempt() {
         .unwrap();
     assert_eq!(first_finished["http_status"], 429);
     assert_eq!(second_started["attempt"], 1, "a 429 spends no attempt");
-    let waited =
-        second_started["at_ms"].as_u64().unwrap() - first_finished["at_ms"].as_u64().unwrap();
+    let finished_at = first_finished["at_ms"].as_u64().unwrap();
+    let next_at = first_finished["next_attempt_at_ms"].as_u64().unwrap();
+    let started_at = second_started["at_ms"].as_u64().unwrap();
     assert!(
-        waited >= 1_000,
-        "the second attempt came {waited} ms after a Retry-After: 1"
+        next_at >= finished_at + 1_000,
+        "the history names a next attempt {} ms after a Retry-After: 1",
+        next_at - finished_at
+    );
+    assert!(
+        started_at >= next_at,
+        "the second attempt came {} ms after a Retry-After: 1",
+        started_at - finished_at
     );
     app.stop().await;
 }

@@ -133,7 +133,7 @@ pub async fn schedule_retries(store: &Arc<Store>, count: u64, delay: Duration, t
         }
     }
     let leases = Arc::new(leases);
-    let due_ms = now + delay.as_millis() as u64;
+    let wait_ms = delay.as_millis() as u64;
     let total = leases.len() as u64;
     let store = store.clone();
     spread(total, tasks, move |i| {
@@ -147,7 +147,7 @@ pub async fn schedule_retries(store: &Arc<Store>, count: u64, delay: Duration, t
                 ..AttemptReport::default()
             };
             store
-                .finish_attempt(lease, report, Decision::RetryAt { due_ms })
+                .finish_attempt(lease, report, Decision::RetryAfter { wait_ms })
                 .await
                 .expect("finish");
         }

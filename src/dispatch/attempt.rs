@@ -63,7 +63,7 @@ impl AttemptContext {
         match decision {
             Decision::Sent => instruments::request_finished("sent"),
             Decision::Failed => instruments::request_finished("failed"),
-            Decision::RetryAt { .. } | Decision::Deferred { .. } => {}
+            Decision::RetryAfter { .. } | Decision::Deferred { .. } => {}
         }
     }
 
@@ -151,8 +151,8 @@ fn attempt_outcome(report: &AttemptReport, decision: Decision) -> &'static str {
         (Decision::Failed, _) => "failed",
         (Decision::Deferred { .. }, Some(429)) => "throttled",
         (Decision::Deferred { .. }, _) => "retry",
-        (Decision::RetryAt { .. }, None) => "timeout",
-        (Decision::RetryAt { .. }, Some(_)) => "retry",
+        (Decision::RetryAfter { .. }, None) => "timeout",
+        (Decision::RetryAfter { .. }, Some(_)) => "retry",
     }
 }
 
@@ -203,12 +203,12 @@ pub fn decide(
             };
             if outage || budget_left {
                 let delay = policy.delay(lease.attempt, retry_after, &mut rand::rng());
-                let due_ms = now_ms + delay.as_millis() as u64;
+                let wait_ms = delay.as_millis() as u64;
                 report.error = Some(error);
                 if deferred {
-                    Decision::Deferred { due_ms }
+                    Decision::Deferred { wait_ms }
                 } else {
-                    Decision::RetryAt { due_ms }
+                    Decision::RetryAfter { wait_ms }
                 }
             } else {
                 report.error = Some(format!(
@@ -300,7 +300,7 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::RetryAt { due_ms } if due_ms >= 2_000));
+        assert!(matches!(decision, Decision::RetryAfter { .. }));
         let (decision, report) = decide(
             &policy(),
             &lease(3),
@@ -328,7 +328,7 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::RetryAt { .. }));
+        assert!(matches!(decision, Decision::RetryAfter { .. }));
     }
 
     #[test]
@@ -385,6 +385,6 @@ mod tests {
             Duration::ZERO,
             2_000,
         );
-        assert!(matches!(decision, Decision::Deferred { due_ms } if due_ms >= 9_000));
+        assert!(matches!(decision, Decision::Deferred { wait_ms } if wait_ms >= 7_000));
     }
 }

@@ -100,27 +100,33 @@ pub struct Lease {
     pub deadline_ms: u64,
 }
 
-/// How an attempt ends for the request.
+/// How an attempt ends for the request. A retry's wait counts from when the
+/// store records the outcome, by the store's own clock (Redis' for the
+/// scale-out engine): a `Retry-After: 1` then means a second after the
+/// history's `attempt_finished`, and a node whose clock is off cannot move
+/// a retry earlier. (An absolute time from the dispatcher's clock let the
+/// next attempt start a millisecond short of it, once in CI.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     Sent,
-    RetryAt {
-        due_ms: u64,
+    /// Try again once `wait_ms` have passed.
+    RetryAfter {
+        wait_ms: u64,
     },
-    /// Try again at `due_ms`, and the attempt does not count against the
-    /// retry budget (the provider said "later", or refused Herald itself, not
-    /// the request): the next lease runs its number again.
+    /// Try again once `wait_ms` have passed, and the attempt does not count
+    /// against the retry budget (the provider said "later", or refused
+    /// Herald itself, not the request): the next lease runs its number again.
     Deferred {
-        due_ms: u64,
+        wait_ms: u64,
     },
     Failed,
 }
 
 impl Decision {
-    /// When the request is tried again, if it is.
-    pub fn next_attempt_at_ms(self) -> Option<u64> {
+    /// How long until the request is tried again, if it is.
+    pub fn retry_wait_ms(self) -> Option<u64> {
         match self {
-            Self::RetryAt { due_ms } | Self::Deferred { due_ms } => Some(due_ms),
+            Self::RetryAfter { wait_ms } | Self::Deferred { wait_ms } => Some(wait_ms),
             Self::Sent | Self::Failed => None,
         }
     }

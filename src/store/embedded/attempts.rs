@@ -102,7 +102,7 @@ impl EmbeddedStore {
     ) -> Result<Status, StoreError> {
         let engine = self.engine()?;
         let now = now_ms();
-        report.next_attempt_at_ms = decision.next_attempt_at_ms();
+        report.next_attempt_at_ms = decision.retry_wait_ms().map(|wait| now + wait);
         let priority = lease.notification.priority;
         let trees = (
             &engine.leases,
@@ -129,7 +129,8 @@ impl EmbeddedStore {
                     record.status = Status::Failed;
                     pending::adjust(meta, priority, -1)?;
                 }
-                Decision::RetryAt { due_ms } | Decision::Deferred { due_ms } => {
+                Decision::RetryAfter { wait_ms } | Decision::Deferred { wait_ms } => {
+                    let due_ms = now + wait_ms;
                     // It keeps its place in line: once due, it goes before
                     // everything that asked for delivery after it.
                     let order_ms = record.process_requested_at_ms.unwrap_or(now);
@@ -164,7 +165,7 @@ impl EmbeddedStore {
         })?;
         self.live_leases().remove(&lease.id);
         match decision {
-            Decision::RetryAt { .. } | Decision::Deferred { .. } => {
+            Decision::RetryAfter { .. } | Decision::Deferred { .. } => {
                 self.depth
                     .moved(priority, EntryState::Leased, EntryState::Waiting);
                 self.work_arrived();
@@ -323,18 +324,17 @@ mod tests {
     async fn a_retry_returns_to_the_outbox_and_a_final_outcome_leaves_it() {
         let (_dir, store, id) = store_with_one_processed().await;
         let lease = store.lease_next_due(now_ms() + 1).unwrap().unwrap();
-        let later = now_ms() + 60_000;
         let report = AttemptReport {
             attempt: 1,
             http_status: Some(503),
             ..AttemptReport::default()
         };
-        let status = store
-            .finish_attempt(&lease, report, Decision::RetryAt { due_ms: later })
-            .await
-            .unwrap();
+        let before = now_ms();
+        let retry = Decision::RetryAfter { wait_ms: 60_000 };
+        let status = store.finish_attempt(&lease, report, retry).await.unwrap();
         assert_eq!(status, Status::Processing);
-        assert_eq!(store.next_due_ms().unwrap(), Some(later));
+        let later = store.next_due_ms().unwrap().expect("scheduled");
+        assert!((before + 60_000..=now_ms() + 60_000).contains(&later));
         assert!(
             store.lease_next_due(now_ms()).unwrap().is_none(),
             "not due yet"
@@ -392,9 +392,9 @@ mod tests {
         let now = now_ms();
         let mut attempts = Vec::new();
         for decision in [
-            Decision::Deferred { due_ms: now },
-            Decision::RetryAt { due_ms: now },
-            Decision::Deferred { due_ms: now },
+            Decision::Deferred { wait_ms: 0 },
+            Decision::RetryAfter { wait_ms: 0 },
+            Decision::Deferred { wait_ms: 0 },
             Decision::Sent,
         ] {
             let lease = store.lease_next_due(now + 1).unwrap().unwrap();
@@ -488,7 +488,7 @@ mod tests {
                 .await
                 .unwrap();
             let retried = store.lease_next_due(due).unwrap().unwrap();
-            let retry = Decision::RetryAt { due_ms: due };
+            let retry = Decision::RetryAfter { wait_ms: 0 };
             store
                 .finish_attempt(&retried, report.clone(), retry)
                 .await

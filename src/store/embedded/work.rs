@@ -187,12 +187,9 @@ mod tests {
         let id = processed(&store, Priority::Normal).await;
         let lease = store.next_lease(&any_channel).await.unwrap();
         let due_ms = now_ms() + 200;
+        let retry = Decision::RetryAfter { wait_ms: 200 };
         store
-            .finish_attempt(
-                &lease,
-                AttemptReport::default(),
-                Decision::RetryAt { due_ms },
-            )
+            .finish_attempt(&lease, AttemptReport::default(), retry)
             .await
             .unwrap();
         let again = tokio::time::timeout(DEADLINE, store.next_lease(&any_channel))
@@ -209,12 +206,12 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let first = processed(&store, Priority::Normal).await;
         let lease = store.lease_next_due(now_ms()).unwrap().unwrap();
-        let due_ms = now_ms() + 50;
-        let retry = Decision::RetryAt { due_ms };
+        let retry = Decision::RetryAfter { wait_ms: 50 };
         store
             .finish_attempt(&lease, AttemptReport::default(), retry)
             .await
             .unwrap();
+        let due_ms = store.next_due_ms().unwrap().expect("scheduled");
         let mut asked_after = Vec::new();
         for _ in 0..3 {
             asked_after.push(processed(&store, Priority::Normal).await);

@@ -52,11 +52,11 @@ impl ScaleoutStore {
         report: &AttemptReport,
         decision: Decision,
     ) -> Result<Status, StoreError> {
-        let (name, due_ms) = match decision {
+        let (name, wait_ms) = match decision {
             Decision::Sent => ("sent", 0),
             Decision::Failed => ("failed", 0),
-            Decision::RetryAt { due_ms } => ("retry", due_ms),
-            Decision::Deferred { due_ms } => ("deferred", due_ms),
+            Decision::RetryAfter { wait_ms } => ("retry", wait_ms),
+            Decision::Deferred { wait_ms } => ("deferred", wait_ms),
         };
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -70,7 +70,7 @@ impl ScaleoutStore {
                     .arg(seq)
                     .arg(&lease.owner.0)
                     .arg(name)
-                    .arg(due_ms)
+                    .arg(wait_ms)
                     .arg(report_json)
                     .arg(report.provider_id.as_deref().unwrap_or(""))
                     .arg(report.error.as_deref().unwrap_or("")),
@@ -80,7 +80,7 @@ impl ScaleoutStore {
             [lost] if lost == "lost" => Err(StoreError::LeaseLost(lease.id)),
             [new_status, pending] => {
                 self.set_pending(pending);
-                if decision.next_attempt_at_ms().is_some() {
+                if decision.retry_wait_ms().is_some() {
                     self.due.notify_one();
                 }
                 status(new_status)
@@ -227,11 +227,10 @@ impl Records for ScaleoutStore {
     async fn finish_attempt(
         &self,
         lease: &Lease,
-        mut report: AttemptReport,
+        report: AttemptReport,
         decision: Decision,
     ) -> Result<Status, StoreError> {
         self.refusal()?;
-        report.next_attempt_at_ms = decision.next_attempt_at_ms();
         let seq = self
             .held()
             .get(&lease.id)
