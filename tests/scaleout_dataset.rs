@@ -1,8 +1,8 @@
 //! Each side of the scale-out engine notices when the other lost its data
 //! (`src/store/scaleout/dataset.rs`): a RabbitMQ that comes back empty gets
 //! every request it held published again, and a Redis wiped while the
-//! nodes were down stops them from serving, unless the operator accepts the
-//! loss. The nodes run `--dispatch external`, so the work stays in the
+//! nodes were down stops them from serving (with work queued or none),
+//! unless the operator accepts the loss. The nodes run `--dispatch external`, so the work stays in the
 //! queues where the test can count it. Skipped, with a message, where the
 //! services are missing.
 
@@ -137,4 +137,27 @@ async fn a_redis_wiped_while_the_nodes_were_down_is_refused_until_the_loss_is_ac
     let id = herald.create(&client).await;
     assert_eq!(herald.request(&client, &id).await["status"], "queued");
     assert!(herald.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_redis_wiped_while_the_nodes_were_down_with_nothing_queued_is_refused_too() {
+    let Some((redis, vhost)) = services() else {
+        return;
+    };
+    let (client, dir, herald) = ready_external_node(&redis, &vhost, &[]).await;
+    // Created, never processed: the records are in Redis, nothing is queued.
+    for _ in 0..3 {
+        herald.create(&client).await;
+    }
+    assert!(herald.terminate().await.success());
+    assert_eq!(messages_in_email_queue(&vhost).await, Some(0));
+
+    redis_command(&redis, &["FLUSHALL"]);
+    let herald = external_node(&dir, &redis.url(), &vhost, &[]).await;
+    let ready = herald.wait_not_ready(&client, "storage").await;
+    assert!(ready.to_string().contains("lost its data"), "{ready}");
+    assert!(
+        !herald.terminate().await.success(),
+        "the node exits non-zero"
+    );
 }

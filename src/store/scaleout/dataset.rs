@@ -1,26 +1,29 @@
 //! The dataset's identity, held on both sides so that each notices when the
 //! other lost its data. Redis holds the marker `{prefix}:meta`
 //! (`<format>/<uuid>`, written by the first node to open an empty Redis)
-//! and `{prefix}:bound` once a broker has been told of it; RabbitMQ holds a
-//! durable, empty queue `herald.dataset.<uuid>`. Each broker session asks,
-//! before it publishes anything ([`ScaleoutStore::reconcile`]):
+//! and `{prefix}:bound` once a broker has been told of it; RabbitMQ holds
+//! two durable, empty queues: `herald.dataset.<uuid>` names the dataset,
+//! and `herald.dataset` says the vhost has carried one. Each broker session
+//! asks, before it publishes anything ([`ScaleoutStore::reconcile`]):
 //!
-//! - the queue is there: both sides hold the same dataset;
+//! - `herald.dataset.<uuid>` is there: both sides hold the same dataset;
 //! - it is missing and Redis was bound: the broker lost its messages (its
 //!   data directory was wiped, or it is a new broker). Every request Redis
 //!   knows the broker held (`{prefix}:onbroker`) goes back to the due set,
 //!   and the mover publishes it again;
-//! - it is missing, Redis was never bound, and the work queues hold
-//!   messages: Redis lost its data while the nodes were down (restarted
-//!   without its AOF, or flushed) and this start marked the empty Redis as
-//!   a new dataset. The node stops serving; `--accept-data-loss` serves the
-//!   new dataset instead, and the fence drops the orphaned messages;
-//! - it is missing, never bound, no messages: a first start.
+//! - it is missing, Redis was never bound, and the broker carried a dataset
+//!   (`herald.dataset` is there, or the work queues hold messages, which a
+//!   vhost bound before `herald.dataset` existed shows instead): Redis lost
+//!   its data while the nodes were down (restarted without its AOF, or
+//!   flushed) and this start marked the empty Redis as a new dataset. The
+//!   node stops serving; `--accept-data-loss` serves the new dataset
+//!   instead, and the fence drops the orphaned messages;
+//! - it is missing, never bound, and the broker never carried one: a first
+//!   start.
 //!
 //! While the nodes run, the marker gone from Redis, or another in its place,
-//! means the same loss ([`ScaleoutStore::check_dataset`]). A Redis wiped
-//! while every node was down *and* the queues were empty is not noticed: no
-//! pending work was lost then, but the history of final requests was.
+//! means the same loss ([`ScaleoutStore::check_dataset`]). One vhost carries
+//! one dataset: a second key prefix on it is refused as a loss.
 
 use redis::cmd;
 
@@ -31,6 +34,8 @@ use crate::store::StoreError;
 
 /// The marker's format part: the layout of keys and scripts.
 const FORMAT: &str = "herald-scaleout-1";
+/// The broker-side sign that the vhost has carried a dataset.
+const CARRIED: &str = "herald.dataset";
 /// Requests put back in the due set per script when the broker lost them.
 const REQUEUE_BATCH: usize = 1_000;
 
@@ -85,12 +90,14 @@ impl SessionCheck for ScaleoutStore {
                 "RabbitMQ does not know this dataset (its data was lost, or it is a new broker): the work it held is published again"
             );
         } else {
+            let carried = probe.messages_in(CARRIED).await?.is_some();
             let waiting = probe.work_messages().await?;
-            if waiting > 0 {
+            if carried || waiting > 0 {
                 self.refuse_orphaned(waiting)?;
             }
         }
         probe.declare_durable(&queue).await?;
+        probe.declare_durable(CARRIED).await?;
         let _: () = self
             .redis
             .command(cmd("SET").arg(self.bound_key()).arg(&self.dataset))
@@ -101,8 +108,9 @@ impl SessionCheck for ScaleoutStore {
 }
 
 impl ScaleoutStore {
-    /// The broker holds `waiting` messages of a dataset this Redis never
-    /// saw: stop serving, unless the operator accepted the loss.
+    /// The broker carried a dataset this Redis never saw, and holds
+    /// `waiting` of its messages: stop serving, unless the operator
+    /// accepted the loss.
     fn refuse_orphaned(&self, waiting: u64) -> Result<(), BrokerError> {
         if self.options.accept_data_loss {
             tracing::warn!(
@@ -112,7 +120,7 @@ impl ScaleoutStore {
             return Ok(());
         }
         self.lose(format!(
-            "Redis holds a new, empty dataset while RabbitMQ holds {waiting} messages of an older one: Redis lost its data while the nodes were down (restarted without its AOF, or flushed). Restore Redis from its AOF, or start with --accept-data-loss to serve without the lost requests"
+            "Redis holds a new, empty dataset while RabbitMQ carried an older one (it holds {waiting} of its messages): Redis lost its data while the nodes were down (restarted without its AOF, or flushed). Restore Redis from its AOF, or start with --accept-data-loss to serve without the lost requests"
         ));
         Err(BrokerError::Dataset(
             "Redis lost its data; this node serves nothing".into(),
