@@ -92,7 +92,10 @@ impl SessionCheck for ScaleoutStore {
         } else {
             let carried = probe.messages_in(CARRIED).await?.is_some();
             let waiting = probe.work_messages().await?;
-            if carried || waiting > 0 {
+            // Another node may have bound this dataset since the first look:
+            // it declares the dataset's queue before anything else.
+            let raced = || async { probe.messages_in(&queue).await.map(|q| q.is_some()) };
+            if (carried || waiting > 0) && !raced().await? {
                 self.refuse_orphaned(waiting)?;
             }
         }
