@@ -94,8 +94,7 @@ impl SessionCheck for ScaleoutStore {
             let waiting = probe.work_messages().await?;
             // Another node may have bound this dataset since the first look:
             // it declares the dataset's queue before anything else.
-            let raced = || async { probe.messages_in(&queue).await.map(|q| q.is_some()) };
-            if (carried || waiting > 0) && !raced().await? {
+            if (carried || waiting > 0) && probe.messages_in(&queue).await?.is_none() {
                 self.refuse_orphaned(waiting)?;
             }
         }
