@@ -25,7 +25,10 @@ use tempfile::TempDir;
 #[tokio::test]
 async fn the_guard_refuses_a_redis_that_keeps_nothing_on_disk() {
     if std::net::TcpStream::connect(("127.0.0.1", 6379)).is_err() {
-        eprintln!("skipped: no Redis on 127.0.0.1:6379 to refuse");
+        common::missing(
+            "Redis on 127.0.0.1:6379",
+            "redis-server --port 6379 --save ''",
+        );
         return;
     }
     let fsync = std::process::Command::new("redis-cli")

@@ -232,6 +232,11 @@ impl HeraldProcess {
             .collect()
     }
 
+    /// The process id, for tools that attach to it (strace).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (SIGHUP, say) to the process.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety implications.

@@ -181,6 +181,32 @@ pub fn reserved_port() -> TcpSocket {
     socket
 }
 
+/// Says that this machine lacks what a test needs. Under CI (`CI=true`, as
+/// `.ci/run` sets it) that fails the test, naming what to install, so a
+/// machine without a service never passes silently; elsewhere the test is
+/// skipped with a message on standard error.
+pub fn missing(what: &str, install: &str) {
+    let under_ci = std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1");
+    assert!(!under_ci, "{what} is missing under CI: {install}");
+    eprintln!("skipped: {what} is missing ({install})");
+}
+
+/// The path of command `name` on `PATH` (or `/usr/sbin`, `/sbin`); when it
+/// is missing, [`missing`] says so and this answers `None`.
+pub fn require_command(name: &str, install: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/sbin".into(), "/sbin".into()]);
+    let found = dirs
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        missing(&format!("the command {name}"), install);
+    }
+    found
+}
+
 /// Waits until `check` holds, looking again every few milliseconds; fails
 /// the test, naming `what`, once [`SETTLE_TIMEOUT`] has passed.
 pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {

@@ -4,7 +4,8 @@
 //! vhost of its own on the machine's broker, deleted when dropped.
 //!
 //! A machine without `redis-server` or `rabbitmqctl` skips the test with a
-//! printed message: each constructor answers `None` then.
+//! printed message (each constructor answers `None` then), except under CI,
+//! where it fails naming what to install ([`super::missing`]).
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -26,7 +27,7 @@ impl PrivateRedis {
     /// port; `None`, with a message, when `redis-server` is not installed.
     pub fn start() -> Option<Self> {
         if !installed("redis-server") {
-            eprintln!("skipped: redis-server is not installed");
+            super::missing("redis-server", "apt-get install redis-server");
             return None;
         }
         let dir = TempDir::new().expect("a temporary directory");
@@ -84,11 +85,11 @@ impl Vhost {
     /// does not answer.
     pub fn create() -> Option<Self> {
         if !installed("rabbitmqctl") {
-            eprintln!("skipped: rabbitmqctl is not installed");
+            super::missing("rabbitmqctl", "apt-get install rabbitmq-server");
             return None;
         }
         if TcpStream::connect(("127.0.0.1", 5672)).is_err() {
-            eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
+            super::missing("RabbitMQ on 127.0.0.1:5672", "rabbitmq-server -detached");
             return None;
         }
         let vhost = Self::named();
@@ -100,7 +101,10 @@ impl Vhost {
     /// connections to it until [`Vhost::open`], as if it were down.
     pub fn reserve() -> Option<Self> {
         if !installed("rabbitmqctl") || TcpStream::connect(("127.0.0.1", 5672)).is_err() {
-            eprintln!("skipped: no rabbitmqctl or no RabbitMQ on 127.0.0.1:5672");
+            super::missing(
+                "rabbitmqctl or RabbitMQ on 127.0.0.1:5672",
+                "apt-get install rabbitmq-server; rabbitmq-server -detached",
+            );
             return None;
         }
         Some(Self::named())
@@ -209,7 +213,7 @@ impl PrivateRabbit {
     /// `None`, with a message, when `rabbitmq-server` is not installed.
     pub fn start() -> Option<Self> {
         if !installed("rabbitmq-server") {
-            eprintln!("skipped: rabbitmq-server is not installed");
+            super::missing("rabbitmq-server", "apt-get install rabbitmq-server");
             return None;
         }
         let dir = TempDir::new().expect("a temporary directory");

@@ -24,8 +24,9 @@ impl Tmpfs {
         match mounted {
             Ok(()) => Some(Self { mount_point }),
             Err(why) => {
-                eprintln!(
-                    "SKIPPED: this test needs a tmpfs it can fill, and cannot mount one ({why})"
+                super::missing(
+                    &format!("a tmpfs this test can fill ({why})"),
+                    "run the tests as root, where mount(8) works",
                 );
                 None
             }

@@ -33,6 +33,7 @@ mod attempts;
 mod codec;
 mod commit;
 mod datadir;
+mod disk_sync;
 mod engine;
 mod format;
 mod health;

@@ -81,6 +81,7 @@ impl EmbeddedStore {
             file,
             record,
             stats: FlushStats::default(),
+            disk: super::disk_sync::DiskSync::new(self.dir.path()),
         };
         let (commit, flusher) = GroupCommit::start(
             opened.db.clone(),
