@@ -2,7 +2,8 @@
 //! operator's own (`common/sender.rs`) consumes it and reports outcomes on
 //! `herald.status`; statuses and history follow the reports, repeats change
 //! nothing, a reported retry goes again on Herald's retry policy, and a
-//! message no node can read is set aside in `herald.dead`.
+//! message no node can read (or one in the other dispatch mode's form) is
+//! set aside in `herald.dead`.
 //! Skipped, with a message, where the services are missing.
 
 mod common;
@@ -165,8 +166,15 @@ async fn unreadable_reports_and_work_messages_are_set_aside_not_dropped() {
 
     dead.publish("", "herald.status", b"{\"id\": 42}").await;
     dead.publish("herald.work", "email", b"not json").await;
+    // A whole notification (an external-dispatch node's form) reaching the
+    // node that dispatches itself: a cluster that mixes the modes.
+    let whole = json!({"form": "notification", "id": common::nodes::uuid_like(), "seq": 1,
+        "attempt": 1, "to": "a@example.com", "message": "m", "type": "sms", "priority": "low",
+        "created_at": "2026-12-08T00:00:00.000Z", "created_at_ms": 1_796_688_000_000u64});
+    dead.publish("herald.work", "sms", whole.to_string().as_bytes())
+        .await;
     let mut set_aside = HashMap::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let message = dead.next_message().await;
         let headers = message.properties.headers().clone().unwrap_or_default();
         let header = |name: &str| match headers.inner().get(name) {
@@ -185,6 +193,13 @@ async fn unreadable_reports_and_work_messages_are_set_aside_not_dropped() {
     let (body, reason) = &set_aside["email"];
     assert_eq!(body, "not json", "the work message as it was sent");
     assert!(reason.contains("not a work message"), "{reason}");
+    let (body, reason) = &set_aside["sms"];
+    assert_eq!(
+        body,
+        &whole.to_string(),
+        "the whole notification as it was sent"
+    );
+    assert!(reason.contains("mixes dispatch modes"), "{reason}");
     dead.close().await;
     assert!(reports.terminate().await.success());
     assert!(worker.terminate().await.success());

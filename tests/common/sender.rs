@@ -1,5 +1,5 @@
 //! A sender of the operator's own for `--dispatch external` tests: it
-//! consumes a work queue Herald declared, reads each pointer message, and
+//! consumes a work queue Herald declared, reads each work message, and
 //! publishes reports to `herald.status`, as a real sender would.
 
 use std::time::Duration;
@@ -51,7 +51,7 @@ impl TestSender {
         }
     }
 
-    /// The next work message (10 s at most): its pointer `{id, seq}`, acked.
+    /// The next work message (10 s at most) as JSON, acked.
     pub async fn next(&mut self) -> Value {
         serde_json::from_slice(&self.next_message().await.data).unwrap()
     }

@@ -1,5 +1,5 @@
 //! RabbitMQ: the work queue. A durable direct exchange `herald.work`
-//! routes each pointer message by channel to a durable classic queue
+//! routes each work message (`messages.rs`) by channel to a durable classic queue
 //! `herald.work.<channel>` with `x-max-priority`, so the broker decides
 //! priority. Messages are persistent and published with confirms; the
 //! consumers take a small prefetch and ack by hand only once the outcome is
@@ -29,7 +29,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::Pointer;
+use super::messages::{Pointer, WorkMessage, pointer_for_own_dispatch};
 use crate::domain::Channel;
 
 const EXCHANGE: &str = "herald.work";
@@ -77,7 +77,7 @@ pub(super) struct Delivered {
 
 /// One message to publish.
 pub(super) struct Outgoing {
-    pub pointer: Pointer,
+    pub message: WorkMessage,
     pub channel: Channel,
     pub priority: u8,
 }
@@ -221,7 +221,7 @@ impl Broker {
             self.reported.notify_one();
             return;
         }
-        let pointer = serde_json::from_slice::<Pointer>(&delivery.data);
+        let pointer = pointer_for_own_dispatch(&delivery.data);
         let channel = delivery.routing_key.as_str().parse::<Channel>();
         match (pointer, channel) {
             (Ok(pointer), Ok(channel)) => {
@@ -238,12 +238,10 @@ impl Broker {
                     .push(delivered);
                 self.arrived.notify_waiters();
             }
-            _ => {
-                self.set_aside(
-                    &delivery,
-                    "not a work message {id, seq} on a channel's routing key",
-                )
-                .await
+            (Err(unreadable), _) => self.set_aside(&delivery, &unreadable.to_string()).await,
+            (Ok(_), Err(_)) => {
+                let reason = super::messages::Unreadable::Damaged.to_string();
+                self.set_aside(&delivery, &reason).await
             }
         }
     }
@@ -311,11 +309,15 @@ impl Broker {
             .ok_or(BrokerError::Disconnected)?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
-            let payload = serde_json::to_vec(&message.pointer).unwrap_or_default();
+            let payload = serde_json::to_vec(&message.message).unwrap_or_default();
+            let Pointer { id, seq } = message.message.pointer();
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_priority(message.priority)
-                .with_content_type("application/json".into());
+                .with_content_type("application/json".into())
+                .with_message_id(format!("{id}.{seq}").into())
+                .with_type(message.message.amqp_type().into())
+                .with_timestamp(crate::domain::now_ms() / 1000);
             let options = BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()

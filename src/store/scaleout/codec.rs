@@ -1,21 +1,11 @@
-//! How records look in Redis and messages on RabbitMQ. A request is a hash
-//! (short field names: every request carries them), its history a list of
-//! [`Event`] JSON, a work message the pointer `{id, seq}`.
+//! How records look in Redis. A request is a hash (short field names: every
+//! request carries them), its history a list of [`Event`] JSON. The messages
+//! on RabbitMQ are in `messages.rs`.
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::domain::{Notification, Priority, RequestId, Status};
 use crate::store::{Event, RequestRecord, StoreError};
-
-/// A work message: which request, and which schedule of it (`seq` grows on
-/// every reschedule, so an older copy is told apart and dropped).
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Pointer {
-    pub id: RequestId,
-    pub seq: u64,
-}
 
 /// The AMQP priority of a request: high 3, normal 2, low 1 (0: unknown).
 pub(super) fn amqp_priority(priority: Priority) -> u8 {

@@ -1,13 +1,15 @@
 //! The scale-out engine: several stateless Herald nodes sharing one Redis
 //! (the truth: records, history, idempotency keys, the due set, the leases
 //! and the rate limiter) and one RabbitMQ (the work: pointer messages
-//! `{id, seq}`). The only code that knows Redis or AMQP.
+//! `{form, id, seq}`, or whole notifications for external senders). The
+//! only code that knows Redis or AMQP.
 //!
 //! - `link.rs`: the Redis connection, timeouts and health; `guard.rs`: the
 //!   start-up check that Redis keeps every write; `dataset.rs`: the
 //!   dataset's identity in Redis and in RabbitMQ, so either side's loss shows;
 //! - `scripts.rs` and `lua/`: one Lua script per state change;
-//! - `codec.rs`: how records and messages look;
+//! - `codec.rs`: how records look in Redis; `messages.rs`: the work
+//!   messages on RabbitMQ, in their two forms;
 //! - `records.rs`: [`Records`](crate::store::Records) on Redis;
 //! - `broker.rs`: the RabbitMQ session, topology, publishing and consuming;
 //! - `mover.rs`: due entries (new work, retries past their backoff) to RabbitMQ;
@@ -29,6 +31,7 @@ mod gate;
 mod guard;
 mod link;
 mod liveness;
+mod messages;
 mod mover;
 mod records;
 mod reports;

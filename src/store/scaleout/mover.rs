@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ScaleoutStore;
 use super::broker::{BrokerError, Outgoing};
-use super::codec::Pointer;
+use super::codec::notification_from;
+use super::messages::{NotificationMessage, Pointer, WorkMessage, rfc3339_ms};
 use crate::domain::Channel;
 use crate::store::StoreError;
 
@@ -71,15 +72,17 @@ impl ScaleoutStore {
                     .claim_due
                     .arg(&self.tag)
                     .arg(CLAIM_BATCH)
-                    .arg(REPUBLISH_AFTER.as_millis() as u64),
+                    .arg(REPUBLISH_AFTER.as_millis() as u64)
+                    .arg(if self.options.external { "1" } else { "0" }),
             )
             .await?;
         let (next, entries) = answer
             .split_first()
             .ok_or_else(|| StoreError::Corrupt("claim_due answered nothing".into()))?;
+        let external = self.options.external;
         let messages = entries
-            .chunks(4)
-            .map(outgoing)
+            .chunks(CLAIMED_FIELDS)
+            .map(|entry| outgoing(entry, external))
             .collect::<Result<Vec<_>, _>>()?;
         if !messages.is_empty() {
             let taken = self.broker.publish(&messages).await?;
@@ -87,9 +90,8 @@ impl ScaleoutStore {
             marking.arg(&self.tag);
             for (message, taken) in messages.iter().zip(&taken) {
                 if *taken {
-                    marking
-                        .arg(message.pointer.id.to_string())
-                        .arg(message.pointer.seq);
+                    let Pointer { id, seq } = message.message.pointer();
+                    marking.arg(id.to_string()).arg(seq);
                 }
             }
             let _: i64 = self.redis.script(&marking).await?;
@@ -108,17 +110,51 @@ impl ScaleoutStore {
     }
 }
 
-/// One claimed entry: id, seq, channel, priority.
-fn outgoing(entry: &[String]) -> Result<Outgoing, StoreError> {
+/// Fields per entry `claim_due` answers.
+const CLAIMED_FIELDS: usize = 8;
+
+/// One claimed entry: id, seq, channel, priority, then (for a whole
+/// notification) its JSON, creation time, attempts so far and idempotency key.
+fn outgoing(entry: &[String], whole: bool) -> Result<Outgoing, StoreError> {
     let bad = || StoreError::Corrupt(format!("claim_due answered {entry:?}"));
-    let [id, seq, channel, priority] = entry else {
+    let [
+        id,
+        seq,
+        channel,
+        priority,
+        notification,
+        created,
+        attempts,
+        key,
+    ] = entry
+    else {
         return Err(bad());
     };
+    let pointer = Pointer {
+        id: id.parse().map_err(|_| bad())?,
+        seq: seq.parse().map_err(|_| bad())?,
+    };
+    let message = if whole {
+        let notification = notification_from(notification)?;
+        let created_at_ms: u64 = created.parse().map_err(|_| bad())?;
+        let attempts: u32 = attempts.parse().map_err(|_| bad())?;
+        WorkMessage::Notification(NotificationMessage {
+            id: pointer.id,
+            seq: pointer.seq,
+            attempt: attempts + 1,
+            to: notification.to,
+            message: notification.message,
+            channel: notification.channel,
+            priority: notification.priority,
+            created_at: rfc3339_ms(created_at_ms),
+            created_at_ms,
+            idempotency_key: Some(key.clone()).filter(|key| !key.is_empty()),
+        })
+    } else {
+        WorkMessage::Pointer(pointer)
+    };
     Ok(Outgoing {
-        pointer: Pointer {
-            id: id.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
-        },
+        message,
         channel: channel.parse::<Channel>().map_err(|_| bad())?,
         priority: priority.parse().map_err(|_| bad())?,
     })
