@@ -43,6 +43,32 @@ use places::ChannelPlaces;
 /// later (50 ms let 429s through with the test suite running beside). At the
 /// reference 50/10s this costs 2% of the provider's capacity.
 const MARGIN: Duration = Duration::from_millis(200);
+/// The margin is at most this share of the window: a fixed 200 ms added to
+/// the 5 ms window of `--rate-per-sec 200` held the cluster to 4.9 calls a
+/// second (issue 22), whatever the rate.
+const MARGIN_SHARE: u32 = 50;
+/// The shortest window the cluster counts in. A window of one call per 1/R
+/// seconds, shared through Redis, is shorter than a script's round trip at
+/// a few hundred per second and under a millisecond (Redis' clock) past
+/// 1,000/s; a shorter limit is counted as the same rate over this window.
+const MIN_WINDOW: Duration = Duration::from_millis(100);
+
+/// The window the cluster counts `limit` in, and the margin added to it:
+/// the same rate, over at least [`MIN_WINDOW`], with a margin of at most
+/// [`MARGIN`] and 1/[`MARGIN_SHARE`] of the window.
+fn cluster_window(limit: RateLimit) -> (RateLimit, Duration) {
+    let scale = MIN_WINDOW.as_secs_f64() / limit.window.as_secs_f64();
+    let limit = if scale > 1.0 {
+        let scale = scale.ceil() as u32;
+        RateLimit {
+            calls: limit.calls.saturating_mul(scale),
+            window: limit.window * scale,
+        }
+    } else {
+        limit
+    };
+    (limit, MARGIN.min(limit.window / MARGIN_SHARE))
+}
 /// How often reserved, unused places are stamped again: well inside the window.
 const HOLD_REFRESH: Duration = Duration::from_secs(1);
 /// How long the gate rests when Redis does not answer.
@@ -67,7 +93,9 @@ pub struct SharedGate {
     tag: String,
     /// This node's slots are `<instance>#<n>` in the shared window.
     instance: String,
+    /// The limit as the cluster counts it ([`cluster_window`]), and its margin.
     limit: RateLimit,
+    margin: Duration,
     places: ChannelPlaces,
     next_id: AtomicU64,
     /// Places reserved and not yet used or given back.
@@ -85,12 +113,14 @@ impl SharedGate {
         rate: &RateSettings,
     ) -> Result<Self, InvalidRate> {
         let (reports, receiver) = mpsc::unbounded_channel();
+        let (limit, margin) = cluster_window(rate.limit()?);
         Ok(Self {
             redis,
             scripts,
             tag,
             instance: instance.0.clone(),
-            limit: rate.limit()?,
+            limit,
+            margin,
             places: ChannelPlaces::new(rate)?,
             next_id: AtomicU64::new(0),
             held: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -104,7 +134,7 @@ impl SharedGate {
     }
 
     fn window_ms(&self) -> u64 {
-        (self.limit.window + MARGIN).as_millis() as u64
+        (self.limit.window + self.margin).as_millis() as u64
     }
 
     /// Writes the reports to Redis until `shutdown`.
@@ -295,5 +325,49 @@ impl RateGate for SharedGate {
 
     fn provider_down(&self, hold: Duration) {
         self.report(Report::ProviderDown(hold));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rate the cluster's window allows, in calls per second.
+    fn allowed(limit: RateLimit) -> f64 {
+        let (limit, margin) = cluster_window(limit);
+        let window_ms = (limit.window + margin).as_millis() as f64;
+        f64::from(limit.calls) * 1000.0 / window_ms
+    }
+
+    #[test]
+    fn the_configured_rate_is_the_clusters_within_its_margin() {
+        for per_sec in [5.0, 20.0, 50.0, 200.0, 1000.0, 2000.0] {
+            for burst in [1, 20] {
+                let limit = RateLimit::per_second(per_sec, burst).unwrap();
+                let ratio = allowed(limit) / per_sec;
+                assert!(
+                    (0.95..=1.0).contains(&ratio),
+                    "--rate-per-sec {per_sec} --rate-burst {burst}: {ratio:.3} of the rate"
+                );
+            }
+        }
+        for text in ["50/10s", "2000/10s", "5/1s", "1/200ms"] {
+            let limit: RateLimit = text.parse().unwrap();
+            let ratio = allowed(limit) / limit.per_sec();
+            assert!((0.95..=1.0).contains(&ratio), "{text}: {ratio:.3}");
+        }
+    }
+
+    #[test]
+    fn the_reference_limit_keeps_its_window_and_margin() {
+        let (limit, margin) = cluster_window(crate::store::rate::REFERENCE_LIMIT);
+        assert_eq!(limit, crate::store::rate::REFERENCE_LIMIT);
+        assert_eq!(margin, Duration::from_millis(200));
+        let (limit, margin) = cluster_window(RateLimit::per_second(200.0, 1).unwrap());
+        assert_eq!(
+            (limit.calls, limit.window),
+            (20, Duration::from_millis(100))
+        );
+        assert_eq!(margin, Duration::from_millis(2));
     }
 }
