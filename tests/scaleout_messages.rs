@@ -17,7 +17,7 @@ use lapin::types::AMQPValue;
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use common::nodes::{all_final, ready_external_node, services};
+use common::nodes::{all_final, final_record, ready_external_node, services};
 use common::sender::TestSender;
 
 /// The document the nodes' messages are checked against.
@@ -209,14 +209,7 @@ async fn a_work_message_is_the_whole_notification_the_document_describes() {
     report["id"] = work["id"].clone();
     report["seq"] = work["seq"].clone();
     sender.report(&report).await;
-    all_final(
-        &herald,
-        &client,
-        std::slice::from_ref(&id),
-        Duration::from_secs(15),
-    )
-    .await;
-    let record = herald.request(&client, &id).await;
+    let record = final_record(&herald, &client, &id).await;
     assert_eq!(record["status"], "sent", "{record}");
     assert_eq!(record["provider_id"], report["provider_id"]);
     sender.close().await;
@@ -369,14 +362,7 @@ async fn the_readmes_python_sender_delivers_from_the_message_alone() {
         &json!({"id": third, "seq": second["seq"], "outcome": "sent", "provider_id": "ext-2"}),
     )
     .await;
-    all_final(
-        &herald,
-        &client,
-        std::slice::from_ref(&third),
-        Duration::from_secs(15),
-    )
-    .await;
-    let record = herald.request(&client, &third).await;
+    let record = final_record(&herald, &client, &third).await;
     assert_eq!(
         (&record["status"], &record["provider_id"]),
         (&json!("sent"), &json!("ext-2"))

@@ -130,6 +130,13 @@ pub async fn all_final(
     }
 }
 
+/// Waits up to 15 s until `id` is final on `herald`; its record then.
+pub async fn final_record(herald: &HeraldProcess, client: &reqwest::Client, id: &str) -> Value {
+    let ids = [id.to_string()];
+    all_final(herald, client, &ids, Duration::from_secs(15)).await;
+    herald.request(client, id).await
+}
+
 /// A command on the private Redis through redis-cli.
 pub fn redis_command(redis: &PrivateRedis, args: &[&str]) {
     let status = std::process::Command::new("redis-cli")
