@@ -88,13 +88,11 @@ impl DiskSync {
     }
 
     fn log(&mut self) -> io::Result<&File> {
-        if self.log.is_none() {
-            self.log = Some(File::open(self.dir.join(LOG_FILE))?);
-        }
-        // Set just above when it was missing.
-        self.log
-            .as_ref()
-            .ok_or_else(|| io::Error::other("sled's log"))
+        let log = match self.log.take() {
+            Some(log) => log,
+            None => File::open(self.dir.join(LOG_FILE))?,
+        };
+        Ok(self.log.insert(log))
     }
 }
 

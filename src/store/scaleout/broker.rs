@@ -210,8 +210,9 @@ impl Broker {
         }
     }
 
-    /// Puts a delivery in the inbox; drops (acks) one Herald cannot read,
-    /// since no node ever could.
+    /// Puts a delivery in the inbox; sets one this node cannot read aside
+    /// in [`DEAD_QUEUE`] with why (damaged, or a whole notification meant
+    /// for external senders).
     async fn accept(&self, delivery: Delivery) {
         if delivery.routing_key.as_str() == STATUS_QUEUE {
             self.reports
